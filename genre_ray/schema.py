@@ -1,0 +1,77 @@
+"""The data contracts between stages, as Arrow schemas. A stage's output is cast to its schema before writing."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# Optional numeric extras of the normalised catalog; any adapter may leave them null.
+NUMERIC_FIELDS: dict[str, pa.DataType] = {
+    "rating": pa.float64(),
+    "votes": pa.int64(),
+    "popularity": pa.float64(),
+    "revenue": pa.float64(),
+    "budget": pa.float64(),
+    "runtime": pa.float64(),
+}
+
+CATALOG = pa.schema(
+    [
+        pa.field("movie_id", pa.string(), nullable=False),
+        pa.field("title", pa.string(), nullable=False),
+        pa.field("genres", pa.list_(pa.string()), nullable=False),
+        pa.field("language", pa.string()),
+        pa.field("year", pa.int32()),
+        pa.field("overview", pa.string()),
+        pa.field("tagline", pa.string()),
+        pa.field("keywords", pa.list_(pa.string())),
+        *(pa.field(name, typ) for name, typ in NUMERIC_FIELDS.items()),
+        pa.field("source_file", pa.string(), nullable=False),
+        pa.field("source_row", pa.int64(), nullable=False),
+        pa.field("no_overview", pa.bool_(), nullable=False),
+        pa.field("no_genres", pa.bool_(), nullable=False),
+        # text stage: the document the encoder sees and sha256(encoder id + document)
+        pa.field("document", pa.string(), nullable=False),
+        pa.field("content_hash", pa.string(), nullable=False),
+    ]
+)
+
+REJECTS = pa.schema(
+    [
+        pa.field("source_file", pa.string(), nullable=False),
+        pa.field("source_row", pa.int64(), nullable=False),
+        pa.field("movie_id", pa.string()),
+        pa.field("field", pa.string()),
+        pa.field("reason", pa.string(), nullable=False),
+        # the offending record as text (truncated), so a reject can be fixed without the source file at hand
+        pa.field("raw", pa.string()),
+    ]
+)
+
+
+def embeddings_schema(dim: int) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("movie_id", pa.string(), nullable=False),
+            pa.field("content_hash", pa.string(), nullable=False),
+            pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
+            pa.field("encoder_id", pa.string(), nullable=False),
+        ]
+    )
+
+
+def served_schema(spectrum_dim: int) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("movie_id", pa.string(), nullable=False),
+            pa.field("title", pa.string()),
+            pa.field("year", pa.int32()),
+            pa.field("language", pa.string()),
+            pa.field("genres", pa.list_(pa.string())),
+            pa.field("popularity", pa.float64()),
+            pa.field("votes", pa.int64()),
+            pa.field("genre_probs", pa.list_(pa.float32())),
+            pa.field("vector", pa.list_(pa.float32(), spectrum_dim), nullable=False),
+            pa.field("content_hash", pa.string(), nullable=False),
+            pa.field("model_version", pa.string(), nullable=False),
+        ]
+    )
