@@ -20,8 +20,8 @@ class RunLayout:
 
     @property
     def movies(self) -> Path:
-        """The normalised catalog (a Parquet file)."""
-        return self.catalog_dir / "movies.parquet"
+        """The normalised catalog: a Parquet dataset directory (one or more files), schema.CATALOG."""
+        return self.catalog_dir / "movies"
 
     @property
     def rejects(self) -> Path:
