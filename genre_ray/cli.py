@@ -1,0 +1,202 @@
+"""The `genre-ray` command: a thin layer over the library (jobs/*.py are the `ray job submit` twins)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+
+from genre_ray.config import Config, ConfigError, load_config
+from genre_ray.layout import RunLayout
+
+log = logging.getLogger("genre_ray")
+
+SAMPLE_TITLE = "The Dark Knight"
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """`--set train.epochs=3` -> {"train.epochs": 3}; values are YAML scalars/lists (safe_load, never code)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=3")
+        out[key.strip()] = yaml.safe_load(raw)
+    return out
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="YAML config (default: built-in defaults = configs/local.yaml)")
+    p.add_argument("--workdir", help="override `workdir` (where the run's artifacts live)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key, e.g. --set train.epochs=5 (repeatable)",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides = parse_overrides(args.overrides)
+    if args.workdir:
+        overrides["workdir"] = args.workdir
+    return load_config(args.config, overrides)
+
+
+def _stage_cmd(stages: list[str]):
+    def run(cfg: Config, args: argparse.Namespace) -> int:
+        from genre_ray.pipeline import run_stages
+        from genre_ray.runtime import init_ray
+
+        init_ray(cfg.ray)
+        plan = list(stages)
+        if getattr(args, "retrain", False):
+            plan = [s.rstrip("?") for s in plan]
+        report = run_stages(cfg, plan)
+        print(f"run {report.run_id} {report.status}: {RunLayout.of(cfg.workdir).run_json}")
+        if "publish" in report.outputs and getattr(args, "sample", True):
+            _print_sample(cfg)
+        return 0
+
+    return run
+
+
+def _print_sample(cfg: Config) -> None:
+    from genre_ray.recommend import Recommender, format_results
+
+    rec = Recommender(cfg, RunLayout.of(cfg.workdir))
+    try:
+        results = rec.similar(SAMPLE_TITLE, k=5)
+    except LookupError:
+        return
+    print(f'\nsample: genre-ray similar "{SAMPLE_TITLE}" --k 5')
+    print(format_results(results))
+
+
+def _years(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    lo, _, hi = text.partition("-")
+    return (int(lo) if lo else 0, int(hi) if hi else 9999)
+
+
+def _ids(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def _add_query_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--k", type=int, default=None, help="how many results (default: recommend.k)")
+    p.add_argument("--language", help="only this original language, e.g. en")
+    p.add_argument("--years", help="year range, e.g. 1990-1999 or 2000-")
+    p.add_argument("--exclude", help="comma-separated movie ids to leave out")
+    p.add_argument("--popularity-weight", type=float, default=None, help="blend with a popularity prior, 0..1")
+    p.add_argument("--mmr", type=float, default=None, help="MMR diversity lambda, 0..1 (1 = pure relevance)")
+
+
+def _query_kwargs(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "k": args.k or cfg.recommend.k,
+        "language": args.language,
+        "year_range": _years(args.years),
+        "exclude_ids": _ids(args.exclude),
+        "popularity_weight": args.popularity_weight,
+        "mmr_lambda": args.mmr,
+    }
+
+
+def _similar(cfg: Config, args: argparse.Namespace) -> int:
+    from genre_ray.recommend import Recommender, format_results
+
+    rec = Recommender(cfg, RunLayout.of(cfg.workdir))
+    print(format_results(rec.similar(args.title, **_query_kwargs(cfg, args))))
+    return 0
+
+
+def _for_user(cfg: Config, args: argparse.Namespace) -> int:
+    from genre_ray.recommend import Recommender, format_results
+
+    history = _ids(args.history)
+    weights = [float(w) for w in _ids(args.weights)] or None
+    if weights is not None and len(weights) != len(history):
+        raise SystemExit(f"--weights has {len(weights)} values for {len(history)} --history ids")
+    rec = Recommender(cfg, RunLayout.of(cfg.workdir))
+    print(format_results(rec.for_user(history, weights, **_query_kwargs(cfg, args))))
+    return 0
+
+
+def _rollback(cfg: Config, args: argparse.Namespace) -> int:
+    from genre_ray.store import Store
+
+    store = Store(RunLayout.of(cfg.workdir).store_dir)
+    result = store.rollback(args.to)
+    print(f"rolled back: {result}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="genre-ray", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help: str, handler) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        add_config_args(p)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command(
+        "run",
+        "the main job: ingest, embed, train, publish (then a sample query)",
+        _stage_cmd(["ingest", "embed", "train", "publish"]),
+    )
+    p.add_argument("--no-sample", dest="sample", action="store_false")
+    p = command(
+        "nightly",
+        "incremental catalog-wide re-embedding and publish (trains only if no model)",
+        _stage_cmd(["nightly"]),
+    )
+    p.add_argument("--retrain", action="store_true", help="retrain the classifier (re-infers every movie)")
+    for stage in ("ingest", "embed", "train", "publish", "evaluate"):
+        p = command(stage, f"run only the {stage} stage", _stage_cmd([stage]))
+        p.set_defaults(sample=False)
+
+    p = command("similar", "movies like a title or id", _similar)
+    p.add_argument("title", help="a title (case-insensitive) or a movie id")
+    _add_query_args(p)
+
+    p = command("for-user", "recommendations for a viewer's history", _for_user)
+    p.add_argument("--history", required=True, help="comma-separated movie ids the viewer watched / liked")
+    p.add_argument("--weights", help="comma-separated weights, one per history id (e.g. ratings)")
+    _add_query_args(p)
+
+    p = command("rollback", "point readers back at a previous publish", _rollback)
+    p.add_argument("--to", help="run id to roll back to (default: the publish before the current one)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        return args.handler(cfg, args)
+    except LookupError as err:
+        print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

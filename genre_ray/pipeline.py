@@ -1,0 +1,192 @@
+"""The stages in order, with per-stage timing and a run.json that makes a failed run diagnosable.
+
+catalog -> text -> embed -> train -> spectrum + store -> evaluate. Each stage reads its inputs from the run's
+workdir (layout.py) and writes its outputs there, so any stage can be re-run on its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from importlib import metadata
+from typing import Any
+
+from genre_ray.config import Config
+from genre_ray.layout import RunLayout
+
+log = logging.getLogger(__name__)
+
+STAGES = ("ingest", "embed", "train", "publish", "evaluate")
+# The nightly job: re-read the catalog, re-embed what changed, publish what changed. It trains only when there
+# is no model yet (or when asked): retraining changes every vector, which the nightly should not do by surprise.
+NIGHTLY = ("ingest", "embed", "train?", "publish")
+
+
+def _ingest(cfg: Config, layout: RunLayout) -> Any:
+    from genre_ray.catalog import ingest
+
+    return ingest(cfg, layout)
+
+
+def _embed(cfg: Config, layout: RunLayout) -> Any:
+    from genre_ray.embed import embed_catalog
+
+    return embed_catalog(cfg, layout)
+
+
+def _train(cfg: Config, layout: RunLayout) -> Any:
+    from genre_ray.train import train_classifier
+
+    return train_classifier(cfg, layout)
+
+
+def _publish(cfg: Config, layout: RunLayout, run_id: str) -> Any:
+    from genre_ray.store import publish
+
+    return publish(cfg, layout, run_id=run_id)
+
+
+def _evaluate(cfg: Config, layout: RunLayout) -> Any:
+    from genre_ray.evaluate import evaluate
+
+    return evaluate(cfg, layout)
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    return str(value)
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("genre-ray", "ray", "torch", "transformers", "lancedb", "pylance", "lance-ray", "pyarrow"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "absent"
+    return out
+
+
+@dataclasses.dataclass
+class RunReport:
+    run_id: str
+    workdir: str
+    stages: list[str]
+    status: str = "running"
+    started_at: str = ""
+    finished_at: str | None = None
+    results: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    error: str | None = None
+    versions: dict[str, str] = dataclasses.field(default_factory=_versions)
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # stage name -> the stage's own result object, for callers in the same process
+    outputs: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "outputs"}
+        return _jsonable(d)
+
+    def write(self, layout: RunLayout) -> None:
+        # Write beside the run and keep one per run id: the latest is run.json, history is runs/<id>.json.
+        layout.root.mkdir(parents=True, exist_ok=True)
+        history = layout.root / "runs"
+        history.mkdir(exist_ok=True)
+        text = json.dumps(self.to_json(), indent=2)
+        for path in (layout.run_json, history / f"{self.run_id}.json"):
+            tmp = path.with_suffix(".json.tmp")
+            tmp.write_text(text)
+            os.replace(tmp, path)
+
+
+def expand(stages: Sequence[str]) -> list[str]:
+    """'all' and 'nightly' are shorthands; anything else must be a stage name."""
+    out: list[str] = []
+    for s in stages:
+        if s == "all":
+            out += list(STAGES)
+        elif s == "nightly":
+            out += list(NIGHTLY)
+        elif s in STAGES or (s.endswith("?") and s[:-1] in STAGES):
+            out.append(s)
+        else:
+            raise ValueError(f"unknown stage {s!r}: choose from {', '.join((*STAGES, 'all', 'nightly'))}")
+    return out
+
+
+def run_stages(
+    cfg: Config,
+    stages: Sequence[str],
+    *,
+    run_id: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> RunReport:
+    """Run stages in order. A stage suffixed "?" (train?) runs only if its output is missing."""
+    layout = RunLayout.of(cfg.workdir)
+    run_id = run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    plan = expand(stages)
+    report = RunReport(
+        run_id=run_id,
+        workdir=str(layout.root),
+        stages=plan,
+        started_at=datetime.now(UTC).isoformat(),
+        config=cfg.model_dump(mode="json"),
+    )
+    report.write(layout)
+    runners: dict[str, Callable[[], Any]] = {
+        "ingest": lambda: _ingest(cfg, layout),
+        "embed": lambda: _embed(cfg, layout),
+        "train": lambda: _train(cfg, layout),
+        "publish": lambda: _publish(cfg, layout, run_id),
+        "evaluate": lambda: _evaluate(cfg, layout),
+    }
+    try:
+        for stage in plan:
+            name = stage.rstrip("?")
+            if stage.endswith("?") and _has_output(name, layout):
+                echo(f"[{name}] skipped: output already in {layout.root}")
+                report.results[name] = {"status": "skipped"}
+                continue
+            echo(f"[{name}] running")
+            t0 = time.perf_counter()
+            result = runners[name]()
+            seconds = time.perf_counter() - t0
+            report.outputs[name] = result
+            report.results[name] = {"status": "ok", "seconds": round(seconds, 3), "result": _jsonable(result)}
+            summary = result.summary() if hasattr(result, "summary") else ""
+            echo(f"[{name}] done in {seconds:.1f}s {summary}".rstrip())
+            report.write(layout)
+        report.status = "succeeded"
+    except BaseException as err:
+        report.status = "failed"
+        report.error = "".join(traceback.format_exception_only(type(err), err)).strip()
+        report.results.setdefault("_traceback", {"text": traceback.format_exc()})
+        raise
+    finally:
+        report.finished_at = datetime.now(UTC).isoformat()
+        report.write(layout)
+    return report
+
+
+def _has_output(stage: str, layout: RunLayout) -> bool:
+    if stage == "train":
+        from genre_ray.model import META
+
+        return (layout.model_dir / META).exists()
+    return False
