@@ -14,8 +14,12 @@ from string import Template
 from typing import Any
 
 from genre_ray.config import TextConfig
+from genre_ray.schema import CATALOG
 
 LABEL_FIELDS = frozenset({"genres"})
+# What a template may name: the catalog's fields plus the derived money texts. A typo ($overveiw) would otherwise
+# silently drop its part from every document.
+TEMPLATE_FIELDS = frozenset(set(CATALOG.names) - {"document", "content_hash"} | {"budget_text", "revenue_text"})
 
 
 class TemplateError(ValueError):
@@ -64,6 +68,9 @@ class DocumentBuilder:
     def __init__(self, cfg: TextConfig):
         self.parts = [(Template(p), template_fields(p)) for p in cfg.parts]
         used = {f for _, fields in self.parts for f in fields}
+        unknown = used - TEMPLATE_FIELDS
+        if unknown:
+            raise TemplateError(f"text.parts uses unknown field(s) {sorted(unknown)}; known: {sorted(TEMPLATE_FIELDS)}")
         leaked = used & LABEL_FIELDS
         if leaked and not cfg.include_genres:
             raise TemplateError(

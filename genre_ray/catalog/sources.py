@@ -1,0 +1,262 @@
+"""Catalog files -> raw records, each with the position it came from.
+
+This layer knows file formats, not movies: it turns CSV / JSON Lines / Parquet (local paths or any fsspec URI,
+compressed or not) into `Record`s of column -> value. A record that cannot be parsed at all (broken CSV quoting,
+invalid JSON) still comes out, as a `Record` with an `error`, so the caller can count it and reject it.
+
+Row numbers (`Record.row`), the `source_row` of the catalog and of the rejects:
+- CSV and JSON Lines: the 1-based physical line on which the record starts (a CSV header is line 1), so
+  `sed -n '<row>p' file` shows it even when earlier records span several lines.
+- Parquet: the 0-based row index in the file (`pq.read_table(f).slice(row, 1)`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import fsspec
+import pyarrow.parquet as pq
+
+Format = Literal["csv", "parquet", "jsonl"]
+
+RAW_MAX_CHARS = 2_000
+_EXTENSIONS: dict[str, Format] = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+}
+_COMPRESSION = (".gz", ".bz2", ".xz", ".zst", ".lz4")
+_GLOB_CHARS = frozenset("*?[")
+
+
+class CatalogError(ValueError):
+    """A catalog input that cannot be used as a whole (missing path, unknown format, unusable header).
+
+    A configuration problem, as opposed to a bad row, which becomes a reject and never stops the run.
+    """
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    index: int  # position in the deterministic file order: duplicates keep the row from the lowest index
+    path: str  # a local path or a URI with its protocol
+    format: Format
+
+
+@dataclass
+class Record:
+    row: int
+    values: dict[str, Any] | None  # None: the record could not be parsed, see `error`
+    error: str | None = None
+    error_kind: str | None = None  # stable category of `error`, counted in the accounting
+    _raw: str | None = None
+
+    @property
+    def raw(self) -> str:
+        """The record as text, truncated; invalid UTF-8 bytes shown as \\xNN so it can be stored as Arrow utf8."""
+        text = self._raw if self._raw is not None else json.dumps(self.values, default=str, ensure_ascii=False)
+        return printable(text[:RAW_MAX_CHARS])
+
+
+def printable(text: str) -> str:
+    # Text was decoded with surrogateescape: turn the escaped bytes back into bytes, then show them as \xNN.
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def format_of(path: str) -> Format | None:
+    name = path.lower()
+    for suffix in _COMPRESSION:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    for ext, fmt in _EXTENSIONS.items():
+        if name.endswith(ext):
+            return fmt
+    return None
+
+
+def expand_paths(paths: Sequence[str], fmt: Format | Literal["auto"] = "auto") -> tuple[list[SourceFile], list[str]]:
+    """Paths, globs and directories -> files in a deterministic order, plus warnings about skipped files.
+
+    Order: as listed in `paths`; within a glob or directory, sorted by path. Raises CatalogError naming the path
+    for anything that matches nothing or has no known format.
+    """
+    files: list[str] = []
+    warnings: list[str] = []
+    for given in paths:
+        try:
+            fs, root = fsspec.core.url_to_fs(given)
+        except (ImportError, ValueError) as err:
+            raise CatalogError(f"{given}: cannot open this location: {err}") from None
+        local = isinstance(fs, fsspec.implementations.local.LocalFileSystem)
+
+        def shown(p: str, fs: fsspec.AbstractFileSystem = fs, local: bool = local) -> str:
+            return p if local else fs.unstrip_protocol(p)
+
+        if _GLOB_CHARS & set(root):
+            found = sorted(p for p in fs.glob(root) if fs.isfile(p))
+            if not found:
+                raise CatalogError(f"{given}: no files match this pattern")
+        elif fs.isdir(root):
+            found = []
+            for p in sorted(fs.find(root)):
+                name = p.rsplit("/", 1)[-1]
+                if name.startswith((".", "_")):
+                    continue  # hidden files and writer markers (_SUCCESS, _common_metadata)
+                if fmt == "auto" and format_of(p) is None:
+                    warnings.append(f"{shown(p)}: skipped, not a catalog file extension")
+                    continue
+                found.append(p)
+            if not found:
+                raise CatalogError(f"{given}: directory holds no catalog files (.csv, .parquet, .jsonl)")
+        elif fs.isfile(root):
+            found = [root]
+        else:
+            raise CatalogError(f"{given}: no such file or directory")
+        files.extend(shown(p) for p in found)
+
+    sources = []
+    for i, path in enumerate(files):
+        file_fmt = format_of(path) if fmt == "auto" else fmt
+        if file_fmt is None:
+            raise CatalogError(f"{path}: unknown catalog format (use .csv, .parquet or .jsonl, or set catalog.format)")
+        sources.append(SourceFile(index=i, path=path, format=file_fmt))
+    return sources, warnings
+
+
+def read_records(src: SourceFile) -> tuple[list[str], Iterator[Record]]:
+    """The file's column names and an iterator over its records."""
+    if src.format == "parquet":
+        return _parquet_records(src.path)
+    with fsspec.open(src.path, "rb", compression="infer") as f:
+        data = f.read()
+    # surrogateescape: invalid bytes survive decoding and are reported per row and field, not per file.
+    text = data.decode("utf-8", "surrogateescape").removeprefix("\ufeff")
+    if src.format == "csv":
+        return _csv_records(text)
+    return _jsonl_records(text)
+
+
+class _LineCursor:
+    """Feeds physical lines to csv.reader and knows where it stopped, so a bad record can be re-read."""
+
+    def __init__(self, lines: list[str], pos: int):
+        self.lines = lines
+        self.pos = pos
+
+    def __iter__(self) -> _LineCursor:
+        return self
+
+    def __next__(self) -> str:
+        if self.pos >= len(self.lines):
+            raise StopIteration
+        self.pos += 1
+        return self.lines[self.pos - 1]
+
+
+def _csv_records(text: str) -> tuple[list[str], Iterator[Record]]:
+    # newline="": split on \n, \r\n and \r, the terminators csv itself recognises, and keep them.
+    lines = io.StringIO(text, newline="").readlines()
+    header_at = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if header_at is None:
+        return [], iter(())
+    header = [h.strip() for h in next(csv.reader([lines[header_at]]))]
+    return header, _csv_body(lines, header, header_at + 1)
+
+
+def _csv_body(lines: list[str], header: list[str], first: int) -> Iterator[Record]:
+    cursor = _LineCursor(lines, first)
+    reader = csv.reader(cursor, strict=True)
+    kind: str | None
+    while cursor.pos < len(lines):
+        start = cursor.pos
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            # strict=True: an unclosed quote that runs to the end of the file (or past the field size limit) is an
+            # error here, instead of silently becoming one giant last field with the right number of columns.
+            too_big = "field larger than field limit" in str(err)
+            kind = "CSV field too large" if too_big else "bad CSV quoting"
+            problem = f"{kind}: {err}"
+        else:
+            if not fields or (len(fields) == 1 and not fields[0].strip()):
+                continue  # a blank line is not a record
+            kind = problem = None
+            if len(fields) != len(header):
+                span = cursor.pos - start
+                where = f" in a record spanning {span} lines (an unclosed quote?)" if span > 1 else ""
+                kind = "wrong number of CSV fields"
+                problem = f"{kind}: expected {len(header)}, got {len(fields)}{where}"
+        if problem is not None:
+            # Reject only the line the broken record starts on and re-read everything after it: an unclosed quote
+            # swallows the following lines into one field, and they are good rows of their own.
+            yield Record(row=start + 1, values=None, error=problem, error_kind=kind, _raw=lines[start])
+            cursor.pos = start + 1
+            reader = csv.reader(cursor, strict=True)
+            continue
+        yield Record(
+            row=start + 1, values=dict(zip(header, fields, strict=True)), _raw="".join(lines[start : cursor.pos])
+        )
+
+
+def _jsonl_records(text: str) -> tuple[list[str], Iterator[Record]]:
+    lines = io.StringIO(text, newline="").readlines()
+    header: list[str] = []
+    for line in lines:  # the header of a JSON Lines file: the keys of its first object
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            header = list(obj)
+            break
+    return header, _jsonl_body(lines)
+
+
+def _jsonl_body(lines: list[str]) -> Iterator[Record]:
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            error = f"invalid JSON: {err.msg} at column {err.colno}"
+            yield Record(row=i + 1, values=None, error=error, error_kind="invalid JSON", _raw=line)
+            continue
+        if not isinstance(obj, dict):
+            error = f"not a JSON object: {type(obj).__name__}"
+            yield Record(row=i + 1, values=None, error=error, error_kind="not a JSON object", _raw=line)
+            continue
+        yield Record(row=i + 1, values=obj, _raw=line)
+
+
+def _parquet_records(path: str) -> tuple[list[str], Iterator[Record]]:
+    f = fsspec.open(path, "rb").open()
+    try:
+        pf = pq.ParquetFile(f)
+    except Exception as err:  # pyarrow raises several types for a corrupt file; all mean "not usable"
+        f.close()
+        raise CatalogError(f"{path}: not a readable Parquet file: {err}") from None
+    return list(pf.schema_arrow.names), _parquet_body(pf, f)
+
+
+def _parquet_body(pf: pq.ParquetFile, f: Any) -> Iterator[Record]:
+    row = 0
+    try:
+        # Batches bound memory on large files; Python rows because validation is per value anyway.
+        for batch in pf.iter_batches(batch_size=16_384):
+            for values in batch.to_pylist():
+                yield Record(row=row, values=values)
+                row += 1
+    finally:
+        f.close()
