@@ -1,0 +1,165 @@
+"""Embedding throughput: plain transformers loop vs sentence-transformers vs the Ray pipeline, same documents.
+
+    python -m bench.embed [--n 1000] [--batch-size 64] [--workdir DIR]
+
+Documents: the first N movies of the TMDB catalog, normalised by the catalog stage (catalog.ingest) and rendered
+by the text stage, i.e. exactly what `embed_catalog` sees in a real run. The Ray row is steady state: from the
+first window an actor starts to the last it finishes, timed inside the actors, so Ray start-up and the actors'
+model load (reported on their own rows) are not in it. All rows count the same real (unpadded) tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from genre_ray.config import Config
+from genre_ray.encoder import TextEncoder, resolve_model_path
+from genre_ray.layout import RunLayout
+from genre_ray.runtime import init_ray, set_offline_env
+
+
+@dataclass
+class Row:
+    method: str
+    docs: int
+    seconds: float
+    tokens: int
+    note: str = ""
+
+
+def catalog_slice(cfg: Config, workdir: Path, n: int) -> pa.Table:
+    """The first n rows of the normalised TMDB catalog, as the catalog + text stages produce it."""
+    from genre_ray.catalog import ingest, read_catalog
+
+    layout = RunLayout.of(workdir / "source")
+    ingest(cfg, layout)
+    return read_catalog(layout).slice(0, n)
+
+
+def plain_loop(path: str, docs: list[str], batch_size: int, max_length: int) -> tuple[np.ndarray, int, int]:
+    """The reference: batches in input order, each padded to its longest document, mean pooling."""
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModel.from_pretrained(path, local_files_only=True).eval()
+    out, tokens, padded = [], 0, 0
+    with torch.inference_mode():
+        for start in range(0, len(docs), batch_size):
+            batch = tokenizer(
+                docs[start : start + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            )
+            hidden = model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            out.append(torch.nn.functional.normalize(pooled, dim=1).numpy())
+            tokens += int(batch["attention_mask"].sum())
+            padded += int(batch["attention_mask"].numel())
+    return np.concatenate(out), tokens, padded
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=1000, help="documents (default 1000: minutes, not hours, on 2 cores)")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a temp dir)")
+    args = ap.parse_args()
+    set_offline_env()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-embed-"))
+    cfg = Config(workdir=str(workdir / "run"))
+    cfg.embed.batch_size = args.batch_size
+    cfg.embed.incremental = False
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    path = resolve_model_path(cfg.encoder.model)
+    rows: list[Row] = []
+
+    t0 = time.perf_counter()
+    init_ray(cfg.ray)
+    ray_start = time.perf_counter() - t0
+
+    table = catalog_slice(cfg, workdir, args.n)
+    docs = table["document"].to_pylist()
+    n = len(docs)
+    print(f"{n} TMDB documents, batch size {args.batch_size}, device {device}, torch threads {torch.get_num_threads()}")
+
+    if device == "cpu":
+        t0 = time.perf_counter()
+        reference, tokens, padded = plain_loop(path, docs, args.batch_size, cfg.encoder.max_length)
+        rows.append(
+            Row("plain transformers loop", n, time.perf_counter() - t0, tokens, f"padding {1 - tokens / padded:.0%}")
+        )
+    else:
+        # on a GPU the reference is the same loop through TextEncoder (unsorted), in the GPU dtype
+        enc = TextEncoder(cfg.encoder, device=device)
+        enc.encode(docs[: args.batch_size], args.batch_size)  # CUDA warm-up (kernels, allocator)
+        t0 = time.perf_counter()
+        reference, st = enc.encode_with_stats(docs, args.batch_size, sort_by_length=False)
+        torch.cuda.synchronize()
+        tokens = st.tokens
+        rows.append(
+            Row(f"plain loop ({enc.dtype})", n, time.perf_counter() - t0, tokens, f"padding {st.padding_fraction:.0%}")
+        )
+
+    from sentence_transformers import SentenceTransformer
+
+    st_model = SentenceTransformer(path, device=device, local_files_only=True)
+    st_model.max_seq_length = cfg.encoder.max_length
+    if device != "cpu":
+        st_model.half()
+        st_model.encode(docs[: args.batch_size], batch_size=args.batch_size)
+    t0 = time.perf_counter()
+    st_vectors = st_model.encode(docs, batch_size=args.batch_size, normalize_embeddings=True)
+    rows.append(Row("sentence-transformers encode", n, time.perf_counter() - t0, tokens, "sorts by length itself"))
+    del st_model
+
+    from genre_ray.embed import embed_catalog, embedding_matrix, read_embeddings
+
+    layout = RunLayout.of(cfg.workdir)
+    layout.movies.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, layout.movies / "part-0.parquet")
+    stats = embed_catalog(cfg, layout)
+    stored = read_embeddings(layout)
+    order = {m: i for i, m in enumerate(stored["movie_id"].to_pylist())}
+    ray_vectors = embedding_matrix(stored)[[order[m] for m in table["movie_id"].to_pylist()]]
+    rows.append(
+        Row(
+            "ray pipeline, steady state",
+            n,
+            stats.steady_seconds,
+            stats.tokens,
+            f"padding {stats.padding_fraction:.0%}, {stats.plan.describe() if stats.plan else ''}",
+        )
+    )
+    rows.append(Row("ray pipeline, end to end", n, stats.seconds, stats.tokens, "incl. actor start, model load, write"))
+
+    base = rows[0].seconds
+    print(f"\n| method | docs | seconds | docs/s | tokens/s | vs plain loop | note |\n|{' --- |' * 7}")
+    for r in rows:
+        print(
+            f"| {r.method} | {r.docs} | {r.seconds:.1f} | {r.docs / r.seconds:.1f} | {r.tokens / r.seconds:.0f} | "
+            f"{base / r.seconds:.2f}x | {r.note} |"
+        )
+    print(f"\nRay start {ray_start:.1f}s, actor model load {stats.model_load_seconds:.1f}s (not in steady state)")
+    cos_ray = (ray_vectors * reference).sum(axis=1)
+    cos_st = (st_vectors * reference).sum(axis=1)
+    print(
+        f"agreement with the plain loop: min cosine ray {cos_ray.min():.5f}, sentence-transformers {cos_st.min():.5f}"
+    )
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

