@@ -134,8 +134,9 @@ def _rollback(cfg: Config, args: argparse.Namespace) -> int:
     from genre_ray.store import Store
 
     store = Store(RunLayout.of(cfg.workdir).store_dir)
-    result = store.rollback(args.to)
-    print(f"rolled back: {result}")
+    target = store.rollback(args.to)
+    tables = ", ".join(f"{name}@v{info['version']}" for name, info in target["tables"].items())
+    print(f"readers now on run {target['run_id']} (model {target.get('model_version')}): {tables}")
     return 0
 
 
@@ -191,9 +192,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from genre_ray.catalog import CatalogError
+    from genre_ray.store import StoreError
+    from genre_ray.text import TemplateError
+
     try:
         return args.handler(cfg, args)
-    except LookupError as err:
+    except (LookupError, CatalogError, StoreError, TemplateError) as err:
+        # Problems with the input or the run's state, not bugs: a message, not a traceback.
         print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
         return 1
 

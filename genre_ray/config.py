@@ -106,7 +106,10 @@ class TrainConfig(Section):
     cpus_per_worker: float = Field(0.5, gt=0)
     use_gpu: Literal["auto", "yes", "no"] = "auto"
     max_failures: int = Field(2, ge=0)
+    # A genre enters the vocabulary with >= max(min_genre_count, min_genre_fraction x training movies) of them: with
+    # fewer the head's output is noise and a spectrum dimension is wasted on it (TMDB: 1% drops TV Movie, Foreign).
     min_genre_count: int = Field(1, ge=1)
+    min_genre_fraction: float = Field(0.01, ge=0, lt=1)
     # probability above which a genre is predicted; with tune_threshold the best micro-F1 cut on VAL replaces it
     threshold: float = Field(0.5, gt=0, lt=1)
     tune_threshold: bool = True
@@ -123,7 +126,7 @@ class StoreConfig(Section):
     # IVF-PQ only from this many rows; smaller tables use exact (flat) search
     index_min_rows: int = Field(4_096, ge=1)
     nprobes: int = Field(20, gt=0)
-    refine_factor: int = Field(10, ge=1)
+    refine_factor: int = Field(20, ge=1)
     # spectrum stage: rows per model batch; actors (0 = one per 2 cluster CPUs, at least 1)
     spectrum_batch_size: int = Field(1024, gt=0)
     spectrum_actors: int = Field(0, ge=0)
@@ -146,7 +149,6 @@ class EvalConfig(Section):
     # true: the spectrum+popularity weight is picked on a validation slice (each user's second-to-last like, test
     # targets removed) and popularity_blend is not used; false: popularity_blend as given
     tune_blend: bool = True
-    holdout_fraction: float = Field(0.2, gt=0, lt=1)
     # query vectors sampled from each served table for the IVF-PQ vs exact-search recall
     ann_queries: int = Field(200, gt=0)
 

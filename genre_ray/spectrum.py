@@ -1,0 +1,110 @@
+"""The spectrum stage: text embeddings -> genre-spectrum vectors + genre probabilities, as served rows.
+
+A Ray Data `map_batches` over the embeddings with a callable class, so each actor loads the checkpoint once and
+reuses it for every batch. Catalog metadata is joined in the same step as a broadcast join: the metadata of the
+movies to infer (ids, title, year, language, genres, popularity, votes, hash; no text) is a few hundred bytes per
+movie against ~1.5 KB of embedding, so shipping it once per actor through the object store is cheaper than a
+hash-shuffle join of both sides.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+import torch
+
+from genre_ray import schema
+from genre_ray.model import load_classifier
+
+log = logging.getLogger(__name__)
+
+# Catalog columns carried into the served rows (the rest of the catalog stays behind: documents are large).
+METADATA_COLUMNS = ["movie_id", "title", "year", "language", "genres", "popularity", "votes", "content_hash"]
+
+
+def metadata_table(catalog: pa.Table) -> pa.Table:
+    return catalog.select(METADATA_COLUMNS)
+
+
+class SpectrumMapper:
+    """Ray Data callable class: one checkpoint load per actor, then embeddings -> served rows per batch."""
+
+    def __init__(self, model_dir: str, metadata_ref: list[ray.ObjectRef], torch_threads: int = 1):
+        # The ref arrives wrapped in a list so Ray does not resolve it at submission time on the driver.
+        torch.set_num_threads(max(1, torch_threads))
+        loaded = load_classifier(model_dir)
+        self.model = loaded.model
+        self.model_version = loaded.model_version
+        self.metadata: pa.Table = ray.get(metadata_ref[0])
+        self.ids = self.metadata["movie_id"].combine_chunks()
+        self.schema = schema.served_schema(self.model.spec.spectrum_dim)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        # Inner join on movie_id, and only against an embedding of the *current* document: an embedding whose
+        # hash differs from the catalog's is stale and must not be served (publish reports it as missing).
+        pos = pc.index_in(batch["movie_id"], value_set=self.ids)
+        keep = pc.is_valid(pos)
+        batch, pos = batch.filter(keep), pos.filter(keep)
+        meta = self.metadata.take(pos)
+        fresh = pc.equal(batch["content_hash"], meta["content_hash"])
+        batch, meta = batch.filter(fresh), meta.filter(fresh)
+        if batch.num_rows == 0:
+            return self.schema.empty_table()
+        # a copy: Arrow buffers are read-only and torch wants to own what it wraps
+        x = embedding_matrix(batch["embedding"]).copy()
+        with torch.inference_mode():
+            vectors = self.model.spectrum(torch.from_numpy(x))
+            # eval() disables dropout, so head(trunk(x)) is exactly model(x).
+            probs = torch.sigmoid(self.model.head(vectors))
+        return _served(meta, vectors.numpy(), probs.numpy(), self.model_version, self.schema)
+
+
+def embedding_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """(n, d) float32 from a fixed_size_list column, or from Ray's tensor extension type if an upstream used it."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if isinstance(arr.type, pa.ExtensionType):
+        return np.asarray(arr.to_numpy(), dtype=np.float32).reshape(len(arr), -1)
+    return np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(arr), -1)
+
+
+def _served(meta: pa.Table, vectors: np.ndarray, probs: np.ndarray, model_version: str, out: pa.Schema) -> pa.Table:
+    dim = vectors.shape[1]
+    vector_col = pa.FixedSizeListArray.from_arrays(pa.array(vectors.astype(np.float32).ravel()), dim)
+    offsets = pa.array(np.arange(0, probs.size + 1, probs.shape[1], dtype=np.int32))
+    probs_col = pa.ListArray.from_arrays(offsets, pa.array(probs.astype(np.float32).ravel()))
+    columns: dict[str, Any] = {name: meta[name] for name in METADATA_COLUMNS}
+    columns["vector"] = vector_col
+    columns["genre_probs"] = probs_col
+    columns["model_version"] = pa.array([model_version] * meta.num_rows, pa.string())
+    return pa.table({f.name: columns[f.name] for f in out}).cast(out)
+
+
+def compute_spectrum(
+    embeddings: ray.data.Dataset,
+    metadata: pa.Table,
+    model_dir: str | Path,
+    *,
+    batch_size: int = 1024,
+    concurrency: int = 1,
+    num_cpus: float = 0.5,
+) -> ray.data.Dataset:
+    """Served rows (schema.served_schema) for the movies in `metadata` that have a current embedding.
+
+    Lazy: the caller materialises or writes the result. Movies without a matching embedding are simply absent.
+    """
+    ref = ray.put(metadata_table(metadata))
+    return embeddings.select_columns(["movie_id", "content_hash", "embedding"]).map_batches(
+        SpectrumMapper,
+        fn_constructor_kwargs={"model_dir": str(model_dir), "metadata_ref": [ref], "torch_threads": 1},
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=concurrency),
+        num_cpus=num_cpus,
+        zero_copy_batch=True,
+    )
