@@ -16,6 +16,7 @@ from torch import nn
 
 WEIGHTS = "model.safetensors"
 META = "model.json"
+DEFAULT_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,8 @@ class LoadedClassifier:
     model: GenreClassifier
     vocab: list[str]
     model_version: str
+    # the probability above which a genre counts as predicted (tuned on the validation split, never on test)
+    threshold: float = DEFAULT_THRESHOLD
 
 
 def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -79,14 +82,20 @@ def weights_version(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
-def save_classifier(model: nn.Module, spec: ClassifierSpec, vocab: list[str], out_dir: str | Path) -> str:
-    """Write weights + spec + vocabulary; returns the model version (a hash of the weights)."""
+def save_classifier(
+    model: nn.Module,
+    spec: ClassifierSpec,
+    vocab: list[str],
+    out_dir: str | Path,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> str:
+    """Write weights + spec + vocabulary + decision threshold; returns the model version (a hash of the weights)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = _state_dict(model)
     version = weights_version(state)
     save_file(state, str(out / WEIGHTS))
-    meta = {"spec": asdict(spec), "vocab": list(vocab), "model_version": version}
+    meta = {"spec": asdict(spec), "vocab": list(vocab), "model_version": version, "threshold": float(threshold)}
     (out / META).write_text(json.dumps(meta, indent=2))
     return version
 
@@ -98,4 +107,10 @@ def load_classifier(model_dir: str | Path, device: str = "cpu") -> LoadedClassif
     model = GenreClassifier(spec)
     model.load_state_dict(load_file(str(path / WEIGHTS), device=device))
     model.to(device).eval()
-    return LoadedClassifier(model=model, vocab=list(meta["vocab"]), model_version=meta["model_version"])
+    return LoadedClassifier(
+        model=model,
+        vocab=list(meta["vocab"]),
+        model_version=meta["model_version"],
+        # model.json files written before the threshold was saved used the default
+        threshold=float(meta.get("threshold", DEFAULT_THRESHOLD)),
+    )
