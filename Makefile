@@ -33,6 +33,7 @@ bench: setup
 	$(BIN)/python -m bench.embed
 	$(BIN)/python -m bench.train
 	$(BIN)/python -m bench.index
+	$(BIN)/python -m bench.nightly
 
 clean:
 	rm -rf runs .pytest_cache

@@ -93,7 +93,11 @@ class RunReport:
     started_at: str = ""
     finished_at: str | None = None
     results: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # rows through the stages of this run: the first place to look when a nightly looks wrong
+    ledger: dict[str, Any] = dataclasses.field(default_factory=dict)
+    failed_stage: str | None = None
     error: str | None = None
+    traceback: str | None = None
     versions: dict[str, str] = dataclasses.field(default_factory=_versions)
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
     # stage name -> the stage's own result object, for callers in the same process
@@ -156,6 +160,7 @@ def run_stages(
         "publish": lambda: _publish(cfg, layout, run_id),
         "evaluate": lambda: _evaluate(cfg, layout),
     }
+    name = plan[0].rstrip("?") if plan else ""
     try:
         for stage in plan:
             name = stage.rstrip("?")
@@ -171,17 +176,34 @@ def run_stages(
             report.results[name] = {"status": "ok", "seconds": round(seconds, 3), "result": _jsonable(result)}
             summary = result.summary() if hasattr(result, "summary") else ""
             echo(f"[{name}] done in {seconds:.1f}s {summary}".rstrip())
+            report.ledger = _ledger(report.outputs)
             report.write(layout)
         report.status = "succeeded"
     except BaseException as err:
         report.status = "failed"
+        report.failed_stage = name
         report.error = "".join(traceback.format_exception_only(type(err), err)).strip()
-        report.results.setdefault("_traceback", {"text": traceback.format_exc()})
+        report.traceback = traceback.format_exc()
         raise
     finally:
         report.finished_at = datetime.now(UTC).isoformat()
         report.write(layout)
     return report
+
+
+def _ledger(outputs: dict[str, Any]) -> dict[str, Any]:
+    """Row counts across stages; `consistent` is the invariant a published run must hold."""
+    out: dict[str, Any] = {}
+    if (ingest := outputs.get("ingest")) is not None:
+        out.update(catalog_in=ingest.rows_in, catalog_ok=ingest.rows_ok, catalog_rejected=ingest.rows_rejected)
+        out["accounted"] = ingest.rows_in == ingest.rows_ok + ingest.rows_rejected
+    if (embed := outputs.get("embed")) is not None:
+        out.update(embedded=embed.docs_embedded, reused=embed.docs_reused, removed=embed.docs_removed)
+    if (publish := outputs.get("publish")) is not None:
+        out.update(published=publish.rows_total, upserted=publish.upserted, deleted=publish.deleted)
+        if ingest is not None:
+            out["consistent"] = publish.rows_total == ingest.rows_ok
+    return out
 
 
 def _has_output(stage: str, layout: RunLayout) -> bool:
