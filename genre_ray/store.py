@@ -96,12 +96,13 @@ def route(values: pa.Array | pa.ChunkedArray, partitions: Mapping[str, str], cat
 def ivf_pq_params(num_rows: int, dim: int) -> tuple[int, int]:
     """(num_partitions, num_sub_vectors) for an IVF-PQ index.
 
-    partitions ~ sqrt(n) (the usual IVF balance between centroid scan and list scan), capped so every partition
-    keeps >= 64 training vectors (k-means on fewer gives empty or noisy lists). Sub-vectors: 4 dimensions each
+    partitions ~ sqrt(n) (the usual IVF balance between centroid scan and list scan), capped at n / 256: Lance's
+    k-means wants 256 training vectors per partition and silently trains fewer partitions than asked otherwise
+    ("training 17 of the 67 requested IVF partitions" at 4,505 rows). Sub-vectors: 4 dimensions each
     when dim allows (64-d -> 16 codes: finer than Lance's default of 16 dims per code, which lost too much recall
     on 64-d spectra; see bench/index.py), else 8, else one per dimension divisor that exists.
     """
-    partitions = max(1, min(round(math.sqrt(num_rows)), num_rows // 64))
+    partitions = max(1, min(round(math.sqrt(num_rows)), num_rows // 256))
     for dims_per_code in (4, 8, 2, 1):
         if dim % dims_per_code == 0:
             return partitions, dim // dims_per_code

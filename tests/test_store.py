@@ -114,8 +114,8 @@ def test_partition_routing_and_counts(first_run):
 
 def test_index_rule_and_flat_fallback(first_run):
     assert ivf_pq_params(1_000_000, 64) == (1000, 16)
-    assert ivf_pq_params(5_000, 32) == (71, 8)
-    assert ivf_pq_params(300, 12) == (4, 3)
+    assert ivf_pq_params(5_000, 32) == (19, 8)
+    assert ivf_pq_params(300, 12) == (1, 3)
 
     _, layout, _, result = first_run
     # index_min_rows=25: en (30 rows) gets IVF-PQ, the catch-all (10 rows) stays flat

@@ -1,0 +1,150 @@
+"""Ray Train end to end on a small catalog: 2 workers converge and export; an injected crash resumes from the
+latest checkpoint and ends with as many epochs as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from factories import GENRES, catalog_table, write_catalog
+
+from genre_ray.config import Config
+from genre_ray.layout import RunLayout
+from genre_ray.model import load_classifier
+from genre_ray.train import (
+    TrainResult,
+    load_training_table,
+    prepare_data,
+    train_classifier,
+    train_on_table,
+    worker_plan,
+)
+
+DIM = 16
+EPOCHS = 4
+
+
+def clustered_embeddings(catalog: pa.Table, seed: int = 0) -> pa.Table:
+    """One random centre per genre; a movie's vector is the sum of its genres' centres plus noise: learnable."""
+    rng = np.random.default_rng(seed)
+    centres = {g: rng.normal(size=DIM) for g in GENRES}
+    rows = [sum(centres[g] for g in gs) + 0.3 * rng.normal(size=DIM) for gs in catalog["genres"].to_pylist()]
+    matrix = np.asarray(rows, np.float32)
+    return pa.table(
+        {
+            "movie_id": catalog["movie_id"],
+            "content_hash": catalog["content_hash"],
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), DIM),
+            "encoder_id": pa.array(["test"] * len(matrix)),
+        }
+    )
+
+
+def small_config(tmp: Path, **train: object) -> Config:
+    base = {
+        "hidden_dims": [32],
+        "spectrum_dim": 8,
+        "epochs": EPOCHS,
+        "batch_size": 32,
+        "lr": 5e-3,
+        "dropout": 0.1,
+        "mixup_factor": 2,
+        "patience": EPOCHS,
+        "num_workers": 2,
+        "cpus_per_worker": 0.5,
+        "max_failures": 1,
+    }
+    return Config.model_validate({"workdir": str(tmp), "train": {**base, **train}})
+
+
+@pytest.fixture(scope="module")
+def small_run(ray_session, tmp_path_factory) -> tuple[RunLayout, Config, pa.Table]:
+    tmp = tmp_path_factory.mktemp("train")
+    layout = RunLayout.of(tmp)
+    catalog = catalog_table(240)
+    write_catalog(catalog, layout.movies)
+    return layout, small_config(tmp), clustered_embeddings(catalog)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(small_run) -> TrainResult:
+    layout, cfg, embeddings = small_run
+    return train_classifier(cfg, layout, embeddings)
+
+
+def test_prepare_data_excludes_unlabelled_and_learns_vocab_from_train(small_run) -> None:
+    layout, cfg, embeddings = small_run
+    table = load_training_table(layout, embeddings)
+    genres = table["genres"].to_pylist()
+    genres[0] = []  # a movie without genres: excluded from training
+    data = prepare_data(table.set_column(1, "genres", pa.array(genres, pa.list_(pa.string()))), cfg)
+    assert table["movie_id"][0].as_py() not in data.movie_ids
+    assert data.vocab == sorted(GENRES)
+    assert set(data.split) == {"train", "val", "test"}
+    assert data.y.shape == (len(data.movie_ids), len(GENRES))
+    assert (data.y.sum(axis=1) >= 1).all()
+
+
+def test_two_workers_converge_checkpoint_and_export(small_run, uninterrupted: TrainResult) -> None:
+    layout, _, _ = small_run
+    history = json.loads((layout.model_dir / "history.json").read_text())
+    assert [h["epoch"] for h in history] == list(range(EPOCHS))
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["val_loss"] < history[0]["val_loss"]
+    assert uninterrupted.num_workers == 2
+    assert uninterrupted.test_metrics["map"] > 0.5  # clustered features: far above chance (~0.2)
+    assert list(layout.checkpoints_dir.glob("*/checkpoint_*")), "no checkpoint under the storage path"
+    loaded = load_classifier(layout.model_dir)
+    assert loaded.model_version == uninterrupted.model_version
+    assert loaded.vocab == sorted(GENRES)
+    assert loaded.threshold == uninterrupted.threshold
+    assert "micro-F1" in uninterrupted.summary()
+
+
+def test_resume_after_injected_failure_runs_same_epochs(small_run, uninterrupted: TrainResult, tmp_path) -> None:
+    _, _, embeddings = small_run
+    layout = RunLayout.of(tmp_path)
+    write_catalog(catalog_table(240), layout.movies)
+    cfg = small_config(tmp_path)
+    marker = tmp_path / "failed-once"
+    result = train_on_table(
+        cfg, layout, load_training_table(layout, embeddings), {"fail_at_epoch": 2, "fail_marker": str(marker)}
+    )
+    assert sorted(p.name for p in tmp_path.glob("failed-once.rank*")) == ["failed-once.rank0", "failed-once.rank1"]
+    assert result.epochs_run == uninterrupted.epochs_run == EPOCHS
+    assert [h["epoch"] for h in result.history] == list(range(EPOCHS))
+
+
+def test_worker_plan_leaves_cpu_for_the_data_pipeline(ray_session) -> None:
+    cfg = Config().train  # the session node: 2 CPUs, no GPU
+    workers, resources, use_gpu = worker_plan(cfg, n_train=10_000)
+    assert (workers, use_gpu) == (1, False)  # one worker per CPU pair
+    assert resources == {"CPU": 0.5}
+    assert workers * resources["CPU"] < 2, "workers would reserve every CPU and starve Ray Data"
+    # never more workers than full batches
+    assert worker_plan(cfg.model_copy(update={"num_workers": 0}), n_train=cfg.batch_size - 1)[0] == 1
+    assert worker_plan(cfg.model_copy(update={"num_workers": 3}), n_train=10)[0] == 3
+
+
+def test_rare_genres_stay_out_of_the_vocabulary() -> None:
+    ids = [str(i) for i in range(400)]
+    genres = [["Drama"] if i % 50 else ["Drama", "TV Movie"] for i in range(400)]  # 8 TV movies in 400
+    matrix = np.zeros((400, 4), np.float32)
+    table = pa.table(
+        {
+            "movie_id": ids,
+            "genres": pa.array(genres, pa.list_(pa.string())),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), 4),
+        }
+    )
+    keep_all = Config.model_validate({"train": {"min_genre_fraction": 0.0}})
+    assert prepare_data(table, keep_all).vocab == ["Drama", "TV Movie"]
+    # 1% of ~256 training movies is 3 and the ~5 training TV movies pass; 5% (13) drops them
+    assert prepare_data(table, Config()).vocab == ["Drama", "TV Movie"]
+    strict = Config.model_validate({"train": {"min_genre_fraction": 0.05}})
+    data = prepare_data(table, strict)
+    assert data.vocab == ["Drama"]
+    assert data.y.shape == (400, 1)  # the TV movies stay in training, labelled with the genres that remain
