@@ -19,14 +19,29 @@ SAMPLE_TITLE = "The Dark Knight"
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """`--set train.epochs=3` -> {"train.epochs": 3}; values are YAML scalars/lists (safe_load, never code)."""
+    """`--set train.epochs=3 --set catalog.paths=[a.csv]` -> {"train.epochs": 3, "catalog.paths": ["a.csv"]}.
+
+    Values are YAML scalars / flow collections (safe_load: data only), so they arrive typed and pydantic validates
+    them like the same key written in the config file.
+    """
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=3")
-        out[key.strip()] = yaml.safe_load(raw)
+        out[key.strip()] = _scalar(raw.strip())
     return out
+
+
+def _scalar(raw: str) -> Any:
+    if not raw:
+        return ""
+    value = yaml.safe_load(raw)
+    # YAML 1.1 reads yes/no/on/off as booleans, but options such as embed.use_gpu=no are strings: only
+    # true/false are booleans on the command line (YAML 1.2 semantics).
+    if isinstance(value, bool) and raw.lower() not in ("true", "false"):
+        return raw
+    return value
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:

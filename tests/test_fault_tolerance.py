@@ -26,10 +26,9 @@ import lance
 import numpy as np
 import pyarrow as pa
 import torch
-from factories import GENRES, catalog_table, write_catalog
+from factories import GENRES, catalog_table, clustered_embeddings, write_catalog
 
 import genre_ray.embed as embed_mod
-from genre_ray import schema
 from genre_ray.config import Config
 from genre_ray.embed import embed_catalog, embeddings_uri, read_embeddings
 from genre_ray.layout import RunLayout
@@ -135,22 +134,6 @@ def test_killed_embedding_actor_is_restarted_and_every_row_embedded_once(ray_ses
 
 DIM = 16
 EPOCHS = 6
-
-
-def clustered_embeddings(catalog: pa.Table, seed: int = 0) -> pa.Table:
-    rng = np.random.default_rng(seed)
-    centres = {g: rng.normal(size=DIM) for g in GENRES}
-    rows = [sum(centres[g] for g in gs) + 0.3 * rng.normal(size=DIM) for gs in catalog["genres"].to_pylist()]
-    matrix = np.asarray(rows, np.float32)
-    return pa.table(
-        {
-            "movie_id": catalog["movie_id"],
-            "content_hash": catalog["content_hash"],
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), DIM),
-            "encoder_id": pa.array(["test"] * len(matrix)),
-        },
-        schema=schema.embeddings_schema(DIM),
-    )
 
 
 def _committed_progress(checkpoints: Path) -> dict | None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from factories import GENRES, catalog_table, write_catalog
+from factories import GENRES, catalog_table, clustered_embeddings, write_catalog
 
 from genre_ray.config import Config
 from genre_ray.layout import RunLayout
@@ -25,22 +25,6 @@ from genre_ray.train import (
 
 DIM = 16
 EPOCHS = 4
-
-
-def clustered_embeddings(catalog: pa.Table, seed: int = 0) -> pa.Table:
-    """One random centre per genre; a movie's vector is the sum of its genres' centres plus noise: learnable."""
-    rng = np.random.default_rng(seed)
-    centres = {g: rng.normal(size=DIM) for g in GENRES}
-    rows = [sum(centres[g] for g in gs) + 0.3 * rng.normal(size=DIM) for gs in catalog["genres"].to_pylist()]
-    matrix = np.asarray(rows, np.float32)
-    return pa.table(
-        {
-            "movie_id": catalog["movie_id"],
-            "content_hash": catalog["content_hash"],
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), DIM),
-            "encoder_id": pa.array(["test"] * len(matrix)),
-        }
-    )
 
 
 def small_config(tmp: Path, **train: object) -> Config:
