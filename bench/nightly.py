@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     set_offline_env()
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
-    from jobs._common import parse_set
+    from genre_ray.cli import parse_overrides
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-nightly-"))
     t0 = time.perf_counter()
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
         "workdir": str(workdir / "run"),
         "catalog.paths": [str(source)],
         "train.epochs": args.epochs,
-        **parse_set(args.overrides),
+        **parse_overrides(args.overrides),
     }
     cfg = load_config(args.config, overrides)
     init_ray(cfg.ray)

@@ -14,7 +14,7 @@ import pytest
 import ray
 import yaml
 
-from genre_ray.cli import parse_overrides as parse_set
+from genre_ray.cli import parse_overrides
 from genre_ray.config import Config, ConfigError, load_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -78,7 +78,9 @@ def test_cluster_config_loads_into_config() -> None:
 
 
 def test_set_overrides_are_typed_and_validated() -> None:
-    overrides = parse_set(["train.epochs=3", "embed.use_gpu=no", "catalog.paths=[a.csv, b.csv]", "workdir=/tmp/x"])
+    overrides = parse_overrides(
+        ["train.epochs=3", "embed.use_gpu=no", "catalog.paths=[a.csv, b.csv]", "workdir=/tmp/x"]
+    )
     assert overrides == {
         "train.epochs": 3,
         "embed.use_gpu": "no",
@@ -88,9 +90,9 @@ def test_set_overrides_are_typed_and_validated() -> None:
     cfg = load_config(REPO / "configs" / "cluster.yaml", overrides)
     assert cfg.train.epochs == 3 and cfg.embed.use_gpu == "no" and cfg.workdir == "/tmp/x"
     with pytest.raises(ConfigError, match=r"train\.epochs"):
-        load_config(REPO / "configs" / "cluster.yaml", parse_set(["train.epochs=-1"]))
+        load_config(REPO / "configs" / "cluster.yaml", parse_overrides(["train.epochs=-1"]))
     with pytest.raises(ConfigError, match="KEY=VALUE"):
-        parse_set(["train.epochs"])
+        parse_overrides(["train.epochs"])
 
 
 def test_rayjob_manifest_runs_an_existing_job_on_the_cluster_config() -> None:
