@@ -15,7 +15,7 @@ from genre_ray.layout import RunLayout
 
 log = logging.getLogger("genre_ray")
 
-SAMPLE_TITLE = "The Dark Knight"
+SAMPLE_TITLE = "Alien"
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
