@@ -22,10 +22,10 @@ import lance_ray
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import ray
 
 from genre_ray import schema
+from genre_ray.catalog import read_catalog
 from genre_ray.config import Config, EmbedConfig, EncoderConfig
 from genre_ray.encoder import EncodeStats, TextEncoder, encoder_dim
 from genre_ray.layout import RunLayout
@@ -256,7 +256,7 @@ def embed_catalog(cfg: Config, layout: RunLayout) -> EmbedStats:
     out_schema = schema.embeddings_schema(encoder_dim(cfg.encoder))
     enc_id = encoder_id(cfg.encoder.model, cfg.encoder.max_length, cfg.encoder.pooling, cfg.encoder.normalize)
 
-    catalog_keys = pads.dataset(layout.movies, format="parquet").to_table(columns=["movie_id", "content_hash"])
+    catalog_keys = read_catalog(layout, ["movie_id", "content_hash"])
     stored = _stored(uri)
     incremental = cfg.embed.incremental and stored is not None and stored.schema.equals(out_schema)
     if incremental:

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as pds
 import torch
 
+from genre_ray.catalog import read_catalog
 from genre_ray.config import Config
 from genre_ray.layout import RunLayout
 from genre_ray.metrics import (
@@ -341,13 +341,6 @@ def store_recall(cfg: Config, layout: RunLayout) -> dict[str, Any]:
 # ---------------------------------------------------------------- loading the run's artifacts
 
 
-def read_catalog(layout: RunLayout) -> pa.Table:
-    # Only the columns evaluation needs: the documents are most of the catalog's bytes.
-    return pds.dataset(layout.movies, format="parquet").to_table(
-        columns=["movie_id", "title", "genres", "content_hash"]
-    )
-
-
 def _vectors(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     return np.asarray(arr.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(arr), -1)
@@ -476,7 +469,9 @@ def evaluate(cfg: Config, layout: RunLayout) -> dict[str, Any]:
     from genre_ray.report import write_report
 
     classifier = load_classifier(layout.model_dir)
-    catalog = build_catalog(read_catalog(layout), read_embeddings(layout), classifier, cfg)
+    # Only the columns evaluation needs: the documents are most of the catalog's bytes.
+    movies = read_catalog(layout, ["movie_id", "title", "genres", "content_hash"])
+    catalog = build_catalog(movies, read_embeddings(layout), classifier, cfg)
     ratings = join_ratings(pd.read_csv(cfg.eval.ratings_path), pd.read_csv(cfg.eval.links_path), catalog.movie_ids)
     metrics = compute_metrics(catalog, ratings, cfg)
     metrics["model_version"] = classifier.model_version

@@ -39,11 +39,11 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import ray
 from lancedb.index import IvfPq
 
 from genre_ray import schema
+from genre_ray.catalog import read_catalog
 from genre_ray.config import Config, StoreConfig
 from genre_ray.layout import RunLayout
 from genre_ray.model import load_classifier
@@ -335,7 +335,7 @@ class _Diff:
 def _read_catalog(layout: RunLayout) -> pa.Table:
     from genre_ray.spectrum import METADATA_COLUMNS
 
-    table = pads.dataset(layout.movies, format="parquet").to_table(columns=METADATA_COLUMNS)
+    table = read_catalog(layout, METADATA_COLUMNS)
     if pc.count_distinct(table["movie_id"]).as_py() != table.num_rows:
         raise StoreError(f"{layout.movies}: movie_id is not unique; the catalog stage must deduplicate")
     return table

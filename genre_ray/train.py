@@ -26,13 +26,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pds
 import torch
 from safetensors.torch import load_file, save_file
 from sklearn.metrics import average_precision_score, f1_score
 from torch import nn
 
 from genre_ray import split as splits
+from genre_ray.catalog import read_catalog
 from genre_ray.config import Config, TrainConfig
 from genre_ray.layout import RunLayout
 from genre_ray.mixup import mixup_batch
@@ -106,7 +106,7 @@ def load_training_table(layout: RunLayout, embeddings: pa.Table | None = None) -
         from genre_ray.embed import read_embeddings  # the embed stage's reader: one place knows its storage format
 
         embeddings = read_embeddings(layout)
-    catalog = pds.dataset(layout.movies, format="parquet").to_table(columns=["movie_id", "genres", "no_genres"])
+    catalog = read_catalog(layout, ["movie_id", "genres", "no_genres"])
     catalog = catalog.filter(pc.invert(catalog["no_genres"]))
     row_of = {m: i for i, m in enumerate(embeddings["movie_id"].to_pylist())}
     ids = catalog["movie_id"].to_pylist()

@@ -22,12 +22,14 @@ import shutil
 import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray
 import ray.data
@@ -375,12 +377,16 @@ def _account(reports: list[FileReport], warnings: list[str], seconds: float) -> 
     )
 
 
-def read_catalog(layout: RunLayout) -> pa.Table:
-    """The normalised catalog as written, in file and row order (for small consumers; big ones: load_catalog)."""
+def read_catalog(layout: RunLayout, columns: Sequence[str] | None = None) -> pa.Table:
+    """The normalised catalog as written, in file and row order (for small consumers; big ones: load_catalog).
+
+    Pass `columns` when the documents are not needed: they are most of the catalog's bytes.
+    """
     files = sorted(layout.movies.glob("*.parquet"))
     if not files:
         raise FileNotFoundError(f"{layout.movies}: no catalog here; run the ingest stage first")
-    return pa.concat_tables([pq.read_table(f, schema=schema.CATALOG) for f in files])
+    dataset = pads.dataset([str(f) for f in files], format="parquet", schema=schema.CATALOG)
+    return dataset.to_table(columns=list(columns) if columns is not None else None)
 
 
 def load_catalog(layout: RunLayout) -> ray.data.Dataset:
