@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 
 import ray
+from ray.data import DataContext
 
 from genre_ray.config import RayConfig
 
@@ -23,9 +25,17 @@ def set_offline_env() -> None:
         os.environ.setdefault(key, value)
 
 
+def quiet_progress_in_logs() -> None:
+    """Outside a terminal (CI, `ray job submit` logs) Ray Data logs every operator's progress every few seconds,
+    which buries the stage summaries; keep its total-progress lines there. A terminal keeps the full bars."""
+    if not sys.stdout.isatty():
+        DataContext.get_current().enable_operator_progress_bars = False
+
+
 def init_ray(cfg: RayConfig) -> None:
     """Idempotent: a driver that already called ray.init (a test session, a Ray job) keeps its connection."""
     set_offline_env()
+    quiet_progress_in_logs()
     if ray.is_initialized():
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS")
