@@ -125,7 +125,8 @@ def main() -> None:
     rows.append(Row("sentence-transformers encode", n, time.perf_counter() - t0, tokens, "sorts by length itself"))
     del st_model
 
-    from genre_ray.embed import embed_catalog, embedding_matrix, read_embeddings
+    from genre_ray.embed import embed_catalog, read_embeddings
+    from genre_ray.schema import vector_matrix
 
     layout = RunLayout.of(cfg.workdir)
     layout.movies.mkdir(parents=True, exist_ok=True)
@@ -133,7 +134,7 @@ def main() -> None:
     stats = embed_catalog(cfg, layout)
     stored = read_embeddings(layout)
     order = {m: i for i, m in enumerate(stored["movie_id"].to_pylist())}
-    ray_vectors = embedding_matrix(stored)[[order[m] for m in table["movie_id"].to_pylist()]]
+    ray_vectors = vector_matrix(stored["embedding"])[[order[m] for m in table["movie_id"].to_pylist()]]
     rows.append(
         Row(
             "ray pipeline, steady state",

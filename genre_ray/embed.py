@@ -19,7 +19,6 @@ from typing import Any
 
 import lance
 import lance_ray
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
@@ -355,9 +354,3 @@ def read_embeddings(layout: RunLayout) -> pa.Table:
 def load_embeddings(layout: RunLayout) -> ray.data.Dataset:
     """The current embeddings as a Ray Dataset, read in parallel (what train / spectrum / evaluate consume)."""
     return lance_ray.read_lance(str(embeddings_uri(layout)))
-
-
-def embedding_matrix(table: pa.Table) -> np.ndarray:
-    """The embedding column as a float32 [N, d] array (zero-copy where Arrow allows)."""
-    col = table["embedding"].combine_chunks()
-    return col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)

@@ -25,6 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
+from genre_ray import schema
 from genre_ray.catalog import read_catalog
 from genre_ray.config import Config
 from genre_ray.layout import RunLayout
@@ -305,7 +306,7 @@ def ann_recall(table: Any, k: int, nprobes: int, refine_factor: int, queries: in
         }
     data = table.to_arrow().select(["movie_id", "vector"])
     ids = data["movie_id"].to_pylist()
-    vectors = _vectors(data["vector"])
+    vectors = schema.vector_matrix(data["vector"])
     pick = np.sort(np.random.default_rng(seed).choice(len(ids), size=min(queries, len(ids)), replace=False))
     served, pq_only, exact = [], [], []
     for i in pick.tolist():
@@ -341,11 +342,6 @@ def store_recall(cfg: Config, layout: RunLayout) -> dict[str, Any]:
 # ---------------------------------------------------------------- loading the run's artifacts
 
 
-def _vectors(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    return np.asarray(arr.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(arr), -1)
-
-
 def infer(classifier: LoadedClassifier, text: np.ndarray, batch: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """Spectrum vectors and genre probabilities, exactly as the spectrum stage computes them (eval mode)."""
     spectra, probs = [], []
@@ -364,7 +360,7 @@ def build_catalog(catalog: pa.Table, embeddings: pa.Table, classifier: LoadedCla
     emb["row"] = np.arange(len(emb))
     joined = meta.merge(emb, on=["movie_id", "content_hash"], how="inner").sort_values("movie_id", kind="stable")
     joined = joined.drop_duplicates("movie_id", keep="last")
-    text = _vectors(embeddings.column("embedding"))[joined["row"].to_numpy()]
+    text = schema.vector_matrix(embeddings.column("embedding"))[joined["row"].to_numpy()]
     spectrum, probs = infer(classifier, text)
     ids = joined["movie_id"].to_numpy(dtype=str)
     return Catalog(

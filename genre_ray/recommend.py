@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 
+from genre_ray import schema
 from genre_ray.config import Config
 from genre_ray.layout import RunLayout
+from genre_ray.metrics import unit_rows
 from genre_ray.store import Filters, Store, sql_str
 
 # How many candidates per requested result the re-rankers see; enough for MMR to find diverse neighbours.
@@ -126,7 +127,7 @@ class Recommender:
             votes = np.nan_to_num(hits["votes"].to_numpy(zero_copy_only=False).astype(np.float64), nan=0.0)
             scores = (1.0 - pw) * scores + pw * np.log1p(np.maximum(votes, 0)) / self.max_log_votes
         if lam is not None:
-            order = mmr(scores, _unit_rows(hits["vector"]), k, lam)
+            order = mmr(scores, unit_rows(schema.vector_matrix(hits["vector"])), k, lam)
         else:
             order = list(np.argsort(-scores, kind="stable")[:k])
         rows = hits.to_pylist()
@@ -162,12 +163,6 @@ def mmr(relevance: np.ndarray, unit_vectors: np.ndarray, k: int, lam: float) -> 
 def _unit(v: np.ndarray) -> np.ndarray:
     n = float(np.linalg.norm(v))
     return v / n if n > 0 else v
-
-
-def _unit_rows(column: pa.ChunkedArray) -> np.ndarray:
-    x = np.asarray(column.to_pylist(), dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1.0)
 
 
 def format_spectrum(spectrum: Sequence[tuple[str, float]]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 
 # Optional numeric extras of the normalised catalog; any adapter may leave them null.
@@ -75,3 +76,11 @@ def served_schema(spectrum_dim: int) -> pa.Schema:
             pa.field("model_version", pa.string(), nullable=False),
         ]
     )
+
+
+def vector_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """(n, d) float32 from a fixed_size_list column, or from Ray's tensor extension type if an upstream used it."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if isinstance(arr.type, pa.ExtensionType):
+        return np.asarray(arr.to_numpy(), dtype=np.float32).reshape(len(arr), -1)
+    return np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(arr), -1)

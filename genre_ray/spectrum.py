@@ -57,20 +57,12 @@ class SpectrumMapper:
         if batch.num_rows == 0:
             return self.schema.empty_table()
         # a copy: Arrow buffers are read-only and torch wants to own what it wraps
-        x = embedding_matrix(batch["embedding"]).copy()
+        x = schema.vector_matrix(batch["embedding"]).copy()
         with torch.inference_mode():
             vectors = self.model.spectrum(torch.from_numpy(x))
             # eval() disables dropout, so head(trunk(x)) is exactly model(x).
             probs = torch.sigmoid(self.model.head(vectors))
         return _served(meta, vectors.numpy(), probs.numpy(), self.model_version, self.schema)
-
-
-def embedding_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """(n, d) float32 from a fixed_size_list column, or from Ray's tensor extension type if an upstream used it."""
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if isinstance(arr.type, pa.ExtensionType):
-        return np.asarray(arr.to_numpy(), dtype=np.float32).reshape(len(arr), -1)
-    return np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(arr), -1)
 
 
 def _served(meta: pa.Table, vectors: np.ndarray, probs: np.ndarray, model_version: str, out: pa.Schema) -> pa.Table:

@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from sklearn.metrics import average_precision_score, f1_score
 from torch import nn
 
+from genre_ray import schema
 from genre_ray import split as splits
 from genre_ray.catalog import read_catalog
 from genre_ray.config import Config, TrainConfig
@@ -91,12 +92,6 @@ class LabeledData:
         return self.x[mask], self.y[mask]
 
 
-def embedding_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    dim = arr.type.list_size
-    return arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
-
-
 def load_training_table(layout: RunLayout, embeddings: pa.Table | None = None) -> pa.Table:
     """movie_id, genres, embedding of the catalog's labelled movies that have an embedding.
 
@@ -140,7 +135,7 @@ def prepare_data(table: pa.Table, cfg: Config) -> LabeledData:
         for g in gs:
             if g in index:
                 y[row, index[g]] = 1.0
-    return LabeledData(ids, embedding_matrix(table["embedding"]), y, part, vocab)
+    return LabeledData(ids, schema.vector_matrix(table["embedding"]), y, part, vocab)
 
 
 # -------------------------------------------------------------------------------------------- metrics

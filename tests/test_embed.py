@@ -16,7 +16,6 @@ from genre_ray.config import Config, EmbedConfig
 from genre_ray.embed import (
     ActorPlan,
     embed_catalog,
-    embedding_matrix,
     embeddings_uri,
     load_embeddings,
     plan_actors,
@@ -38,7 +37,7 @@ def _cfg(workdir: Path) -> Config:
 
 
 def _by_id(table: pa.Table) -> dict[str, tuple[str, np.ndarray]]:
-    vectors = embedding_matrix(table)
+    vectors = schema.vector_matrix(table["embedding"])
     return {
         m: (h, vectors[i])
         for i, (m, h) in enumerate(zip(table["movie_id"].to_pylist(), table["content_hash"].to_pylist(), strict=True))
@@ -83,7 +82,7 @@ def test_load_embeddings_is_a_ray_dataset_of_the_same_rows(base_run):
     ds = load_embeddings(layout)
     assert ds.count() == N
     batch = ds.take_batch(N, batch_format="pyarrow")
-    assert embedding_matrix(batch).shape == (N, 384)
+    assert schema.vector_matrix(batch["embedding"]).shape == (N, 384)
 
 
 def _change_overviews(catalog: pa.Table, cfg: Config, ids: set[str]) -> pa.Table:

@@ -33,6 +33,7 @@ from genre_ray.config import Config
 from genre_ray.embed import embed_catalog, embeddings_uri, read_embeddings
 from genre_ray.layout import RunLayout
 from genre_ray.model import ClassifierSpec, GenreClassifier, save_classifier
+from genre_ray.schema import vector_matrix
 from genre_ray.store import Store, publish
 from genre_ray.train import load_training_table, train_on_table
 
@@ -123,7 +124,7 @@ def test_killed_embedding_actor_is_restarted_and_every_row_embedded_once(ray_ses
     assert len(set(ids)) == n, "a movie was embedded twice"
     assert set(ids) == set(catalog["movie_id"].to_pylist())
     assert stats.docs_embedded == n
-    vectors = embed_mod.embedding_matrix(table)
+    vectors = vector_matrix(table["embedding"])
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)  # real (normalised) vectors
     # the window that was in flight when the actor died was recomputed correctly, not filled with garbage
     hashes = dict(zip(catalog["movie_id"].to_pylist(), catalog["content_hash"].to_pylist(), strict=True))

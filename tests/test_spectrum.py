@@ -13,7 +13,8 @@ from test_store import EMB_DIM, SPECTRUM_DIM, embeddings_for, save_model
 from genre_ray import schema
 from genre_ray.layout import RunLayout
 from genre_ray.model import load_classifier
-from genre_ray.spectrum import compute_spectrum, embedding_matrix
+from genre_ray.schema import vector_matrix
+from genre_ray.spectrum import compute_spectrum
 
 
 def test_spectrum_rows_match_the_model_and_join_metadata(ray_session, tmp_path):
@@ -39,11 +40,11 @@ def test_spectrum_rows_match_the_model_and_join_metadata(ray_session, tmp_path):
 
     loaded = load_classifier(layout.model_dir)
     by_id = {m: i for i, m in enumerate(emb["movie_id"].to_pylist())}
-    x = torch.from_numpy(embedding_matrix(emb["embedding"])[[by_id[m] for m in expected_ids]])
+    x = torch.from_numpy(vector_matrix(emb["embedding"])[[by_id[m] for m in expected_ids]])
     with torch.inference_mode():
         want_vec = loaded.model.spectrum(x).numpy()
         want_probs = torch.sigmoid(loaded.model(x)).numpy()
-    np.testing.assert_allclose(embedding_matrix(out["vector"]), want_vec, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(vector_matrix(out["vector"]), want_vec, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(out["genre_probs"].to_pylist()), want_probs, rtol=1e-5, atol=1e-6)
     assert set(out["model_version"].to_pylist()) == {loaded.model_version}
 
@@ -60,5 +61,5 @@ def test_embedding_matrix_reads_fixed_size_lists():
             pa.FixedSizeListArray.from_arrays(pa.array(x[2:].ravel()), 4),
         ]
     )
-    np.testing.assert_array_equal(embedding_matrix(col), x)
-    assert embedding_matrix(embeddings_for(catalog_table(2))["embedding"]).shape[1] == EMB_DIM
+    np.testing.assert_array_equal(vector_matrix(col), x)
+    assert vector_matrix(embeddings_for(catalog_table(2))["embedding"]).shape[1] == EMB_DIM
