@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import platform
 import time
 import traceback
@@ -20,7 +19,7 @@ from importlib import metadata
 from typing import Any
 
 from genre_ray.config import Config
-from genre_ray.layout import RunLayout
+from genre_ray.layout import RunLayout, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -109,14 +108,9 @@ class RunReport:
 
     def write(self, layout: RunLayout) -> None:
         # Write beside the run and keep one per run id: the latest is run.json, history is runs/<id>.json.
-        layout.root.mkdir(parents=True, exist_ok=True)
-        history = layout.root / "runs"
-        history.mkdir(exist_ok=True)
         text = json.dumps(self.to_json(), indent=2)
-        for path in (layout.run_json, history / f"{self.run_id}.json"):
-            tmp = path.with_suffix(".json.tmp")
-            tmp.write_text(text)
-            os.replace(tmp, path)
+        for path in (layout.run_json, layout.root / "runs" / f"{self.run_id}.json"):
+            atomic_write_text(path, text)
 
 
 def expand(stages: Sequence[str]) -> list[str]:

@@ -24,9 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -45,7 +43,7 @@ from lancedb.index import IvfPq
 from genre_ray import schema
 from genre_ray.catalog import read_catalog
 from genre_ray.config import Config, StoreConfig
-from genre_ray.layout import RunLayout
+from genre_ray.layout import RunLayout, atomic_write_text
 from genre_ray.model import load_classifier
 from genre_ray.runtime import cluster_cpus, init_ray
 from genre_ray.spectrum import compute_spectrum
@@ -113,18 +111,8 @@ def ivf_pq_params(num_rows: int, dim: int) -> tuple[int, int]:
 # Manifest
 
 
-def _atomic_write_json(path: Path, data: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _manifest_json(manifest: Mapping[str, Any]) -> str:
+    return json.dumps(manifest, indent=2, sort_keys=True)
 
 
 def sql_str(value: str) -> str:
@@ -197,9 +185,9 @@ class Store:
         if record:
             seq = len(list((self.dir / HISTORY_DIR).glob("*.json")))
             manifest["seq"] = seq
-            _atomic_write_json(self.dir / HISTORY_DIR / f"{seq:06d}-{manifest['run_id']}.json", manifest)
+            atomic_write_text(self.dir / HISTORY_DIR / f"{seq:06d}-{manifest['run_id']}.json", _manifest_json(manifest))
         # The one atomic step that makes a run visible.
-        _atomic_write_json(self.dir / MANIFEST, manifest)
+        atomic_write_text(self.dir / MANIFEST, _manifest_json(manifest))
         self._tables = None
 
     def rollback(self, to: str | None = None) -> dict[str, Any]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 import uuid
@@ -40,7 +39,7 @@ from genre_ray import schema
 from genre_ray.catalog.adapters import BUILTIN, Adapter, Limits, RowError, detect, mapped
 from genre_ray.catalog.sources import CatalogError, Record, SourceFile, expand_paths, printable, read_records
 from genre_ray.config import CatalogConfig, Config, TextConfig
-from genre_ray.layout import RunLayout
+from genre_ray.layout import RunLayout, atomic_write, atomic_write_text
 from genre_ray.runtime import init_ray
 from genre_ray.text import DocumentBuilder, content_hash, encoder_id
 
@@ -301,12 +300,6 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_file_atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def ingest(cfg: Config, layout: RunLayout) -> IngestResult:
     """Read every catalog file, write the normalised catalog, rejects and accounting under `layout`."""
     started = time.perf_counter()
@@ -344,12 +337,12 @@ def ingest(cfg: Config, layout: RunLayout) -> IngestResult:
     _replace_dir(tmp, layout.movies)
 
     rejects = pa.concat_tables(reject_tables or [_ORDERED_REJECTS.empty_table()]).sort_by(_ORDER).drop_columns(_ORDER)
-    _write_file_atomic(layout.rejects, lambda p: pq.write_table(rejects.cast(schema.REJECTS), p))
+    atomic_write(layout.rejects, lambda p: pq.write_table(rejects.cast(schema.REJECTS), p))
 
     result = _account(reports, warnings, time.perf_counter() - started)
     if result.rows_rejected != rejects.num_rows:
         raise AssertionError(f"accounting bug: {result.rows_rejected} rejected but {rejects.num_rows} reject rows")
-    _write_file_atomic(layout.accounting, lambda p: p.write_text(json.dumps(result.to_json(), indent=2) + "\n"))
+    atomic_write_text(layout.accounting, json.dumps(result.to_json(), indent=2) + "\n")
     for w in result.warnings:
         log.warning(w)
     log.info(result.summary())
