@@ -23,7 +23,8 @@ from genre_ray.config import REPO_ROOT, Config
 from genre_ray.layout import RunLayout
 from genre_ray.mixup import mixup_batch
 from genre_ray.model import GenreClassifier
-from genre_ray.train import READ_WINDOW, _spec, load_training_table, prepare_data, train_on_table
+from genre_ray.train import READ_WINDOW, load_training_table, prepare, spec_for, train_on_table
+from genre_ray.train.data import read_arrays
 
 SYNTHETIC_ROWS = 4800
 SYNTHETIC_GENRES = 20
@@ -55,10 +56,12 @@ def plain_loop(cfg: Config, table: pa.Table, epochs: int, threads: int) -> tuple
     Returns (median rows/s over epochs, share of the loop's time spent in mixup_batch)."""
     torch.set_num_threads(threads)
     tc = cfg.train
-    data = prepare_data(table, cfg)
-    x, y = (torch.from_numpy(a) for a in data.part("train"))
+    import ray.data
+
+    data = prepare(ray.data.from_arrow(table), cfg)
+    x, y = (torch.from_numpy(a) for a in read_arrays(data.train)[:2])
     torch.manual_seed(cfg.seed)
-    model = GenreClassifier(_spec(cfg, data)).train()
+    model = GenreClassifier(spec_for(cfg, data.input_dim, len(data.genres))).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     criterion = nn.BCEWithLogitsLoss()
     rates, mix_seconds, total_seconds = [], 0.0, 0.0
@@ -90,9 +93,9 @@ def main() -> None:
 
     from genre_ray.runtime import init_ray
 
-    table, source = bench_table(args.from_run)
     base = Config()
     init_ray(base.ray)
+    table, source = bench_table(args.from_run)
     rows: list[tuple[str, int, int, float, float]] = []  # loop, workers, mixup factor, rows/s, run seconds
     mix_shares: dict[int, float] = {}
     # A Ray Train worker gets one torch thread (Ray sets OMP_NUM_THREADS from its fractional CPU reservation), so

@@ -100,6 +100,9 @@ class TrainConfig(Section):
     mixup_factor: int = Field(10, ge=0)
     pos_weight: bool = False
     val_fraction: float = Field(0.2, gt=0, lt=1)
+    # every worker scores the whole val set each epoch: cap it (a seeded sample of the val split) so that cost and
+    # the threshold search stay flat as the catalog grows
+    max_val_rows: int = Field(50_000, gt=0)
     patience: int = Field(5, ge=0)
     # 0 = size from the node (see train.py: a worker per CPU pair, never more than the data can feed)
     num_workers: int = Field(0, ge=0)

@@ -15,13 +15,15 @@ from genre_ray.config import Config
 from genre_ray.layout import RunLayout
 from genre_ray.model import load_classifier
 from genre_ray.train import (
+    TrainingDataError,
     TrainResult,
     load_training_table,
-    prepare_data,
+    prepare,
     train_classifier,
     train_on_table,
     worker_plan,
 )
+from genre_ray.train.data import read_arrays
 
 DIM = 16
 EPOCHS = 4
@@ -59,17 +61,60 @@ def uninterrupted(small_run) -> TrainResult:
     return train_classifier(cfg, layout, embeddings)
 
 
-def test_prepare_data_excludes_unlabelled_and_learns_vocab_from_train(small_run) -> None:
+def test_prepare_excludes_unlabelled_and_learns_vocab_from_train(small_run) -> None:
     layout, cfg, embeddings = small_run
     table = load_training_table(layout, embeddings)
+    assert table.num_rows == 240  # the streamed join keeps every labelled movie with an embedding
     genres = table["genres"].to_pylist()
     genres[0] = []  # a movie without genres: excluded from training
-    data = prepare_data(table.set_column(1, "genres", pa.array(genres, pa.list_(pa.string()))), cfg)
-    assert table["movie_id"][0].as_py() not in data.movie_ids
-    assert data.vocab == sorted(GENRES)
-    assert set(data.split) == {"train", "val", "test"}
-    assert data.y.shape == (len(data.movie_ids), len(GENRES))
-    assert (data.y.sum(axis=1) >= 1).all()
+    table = table.set_column(table.schema.get_field_index("genres"), "genres", pa.array(genres, pa.list_(pa.string())))
+    data = prepare(ray_data(table), cfg)
+    assert data.genres == sorted(GENRES)
+    assert sum(data.vocab.rows.values()) == 239
+    assert all(data.vocab.rows[s] > 0 for s in ("train", "val", "test"))
+    x, y, u = read_arrays(data.train)
+    assert x.shape == (data.vocab.rows["train"], DIM)
+    assert y.shape == (data.vocab.rows["train"], len(GENRES))
+    assert (y.sum(axis=1) >= 1).all()
+    assert (np.diff(u) > 0).all()  # ordered by the id hash, whatever the block order
+    assert y.sum(axis=0).tolist() == data.vocab.train_positives
+
+
+def test_val_is_a_bounded_seeded_sample(small_run) -> None:
+    layout, cfg, embeddings = small_run
+    table = load_training_table(layout, embeddings)
+    full = prepare(ray_data(table), cfg)
+    capped_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_val_rows": 10})})
+    capped = prepare(ray_data(table), capped_cfg)
+    n_val = full.vocab.rows["val"]
+    assert n_val > 20
+    _, _, u_full = read_arrays(full.val)
+    _, _, u_capped = read_arrays(capped.val)
+    assert 0 < len(u_capped) < n_val
+    assert set(u_capped) <= set(u_full)  # a subset of the same val split, not other movies
+    _, _, again = read_arrays(prepare(ray_data(table), capped_cfg).val)
+    assert again.tolist() == u_capped.tolist()  # seeded: the same sample every time
+
+
+def test_unusable_labels_fail_with_a_message(small_run) -> None:
+    layout, cfg, embeddings = small_run
+    table = load_training_table(layout, embeddings)
+    one_genre = table.set_column(
+        table.schema.get_field_index("genres"), "genres", pa.array([["Drama"]] * table.num_rows, pa.list_(pa.string()))
+    )
+    with pytest.raises(TrainingDataError, match="at least two"):
+        prepare(ray_data(one_genre), cfg)
+    unlabelled = table.set_column(
+        table.schema.get_field_index("genres"), "genres", pa.array([[]] * table.num_rows, pa.list_(pa.string()))
+    )
+    with pytest.raises(TrainingDataError, match="no labelled movie"):
+        prepare(ray_data(unlabelled), cfg)
+
+
+def ray_data(table: pa.Table):
+    import ray.data
+
+    return ray.data.from_arrow(table)
 
 
 def test_two_workers_converge_checkpoint_and_export(small_run, uninterrupted: TrainResult) -> None:
@@ -79,6 +124,7 @@ def test_two_workers_converge_checkpoint_and_export(small_run, uninterrupted: Tr
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert history[-1]["val_loss"] < history[0]["val_loss"]
     assert uninterrupted.num_workers == 2
+    assert len(uninterrupted.worker_nodes) == 2  # one node id per rank, for run.json
     assert uninterrupted.test_metrics["map"] > 0.5  # clustered features: far above chance (~0.2)
     assert list(layout.checkpoints_dir.glob("*/checkpoint_*")), "no checkpoint under the storage path"
     loaded = load_classifier(layout.model_dir)
@@ -113,7 +159,7 @@ def test_worker_plan_leaves_cpu_for_the_data_pipeline(ray_session) -> None:
     assert worker_plan(cfg.model_copy(update={"num_workers": 3}), n_train=10)[0] == 3
 
 
-def test_rare_genres_stay_out_of_the_vocabulary() -> None:
+def test_rare_genres_stay_out_of_the_vocabulary(ray_session) -> None:
     ids = [str(i) for i in range(400)]
     genres = [["Drama"] if i % 50 else ["Drama", "TV Movie"] for i in range(400)]  # 8 TV movies in 400
     matrix = np.zeros((400, 4), np.float32)
@@ -125,10 +171,10 @@ def test_rare_genres_stay_out_of_the_vocabulary() -> None:
         }
     )
     keep_all = Config.model_validate({"train": {"min_genre_fraction": 0.0}})
-    assert prepare_data(table, keep_all).vocab == ["Drama", "TV Movie"]
+    assert prepare(ray_data(table), keep_all).genres == ["Drama", "TV Movie"]
     # 1% of ~256 training movies is 3 and the ~5 training TV movies pass; 5% (13) drops them
-    assert prepare_data(table, Config()).vocab == ["Drama", "TV Movie"]
-    strict = Config.model_validate({"train": {"min_genre_fraction": 0.05}})
-    data = prepare_data(table, strict)
-    assert data.vocab == ["Drama"]
-    assert data.y.shape == (400, 1)  # the TV movies stay in training, labelled with the genres that remain
+    assert prepare(ray_data(table), Config()).genres == ["Drama", "TV Movie"]
+    strict = Config.model_validate({"train": {"min_genre_fraction": 0.05, "min_genre_count": 1}})
+    # one genre left is no classifier: the message says what to change
+    with pytest.raises(TrainingDataError, match="min_genre_fraction"):
+        prepare(ray_data(table), strict)

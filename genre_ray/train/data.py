@@ -1,0 +1,208 @@
+"""Training data as Ray Datasets: labelled catalog movies joined to their embeddings, split, labelled, never gathered.
+
+Flow (all on the cluster, the driver only sees per-genre counts):
+  catalog (movie_id, genres) --filter labelled--> + split by id hash --join movie_id--> embeddings
+    -> per-batch genre counts, summed into the vocabulary (train split only)
+    -> multi-hot labels in map_batches -> train (materialised in the object store), val (a bounded seeded sample),
+       test (streamed once, after training).
+
+The split is genre_ray.split's seeded hash of the movie id, so it does not depend on row order, partitioning or
+catalog size. Validation drives early stopping and the threshold on every worker, so it is read whole by each of
+them; `train.max_val_rows` caps it (a seeded subset of the val split) so its cost stays flat as the catalog grows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray.data
+
+from genre_ray import split as splits
+from genre_ray.config import Config
+from genre_ray.layout import RunLayout
+
+# rows per join partition: keeps each hash-join partition a few hundred MB at 384-d float32
+JOIN_ROWS_PER_PARTITION = 250_000
+_SPLITS = ("train", "val", "test")
+
+
+class TrainingDataError(ValueError):
+    """The catalog cannot train a classifier; the message says what to fix."""
+
+
+def labelled_movies(layout: RunLayout, embeddings: ray.data.Dataset | pa.Table | None = None) -> ray.data.Dataset:
+    """movie_id, genres, embedding of the catalog's labelled movies that have an embedding (a streamed hash join).
+
+    `embeddings` defaults to the embed stage's output (genre_ray.embed.load_embeddings).
+    """
+    from genre_ray.catalog import load_catalog
+    from genre_ray.embed import load_embeddings  # the embed stage's reader: one place knows its storage format
+
+    if embeddings is None:
+        embeddings = load_embeddings(layout)
+    elif isinstance(embeddings, pa.Table):
+        embeddings = ray.data.from_arrow(embeddings)
+    labels = load_catalog(layout).select_columns(["movie_id", "genres", "no_genres"])
+    labels = labels.map_batches(_labelled_only, batch_format="pyarrow")
+    vectors = embeddings.select_columns(["movie_id", "embedding"])
+    partitions = max(1, math.ceil(_row_estimate(vectors) / JOIN_ROWS_PER_PARTITION))
+    return labels.join(vectors, join_type="inner", num_partitions=partitions, on=("movie_id",))
+
+
+def _row_estimate(ds: ray.data.Dataset) -> int:
+    # Lance and Parquet datasources know their row counts from metadata; nothing is read for this.
+    return ds.count()
+
+
+def _labelled_only(batch: pa.Table) -> pa.Table:
+    batch = batch.filter(pc.invert(batch["no_genres"]))
+    return batch.filter(pc.greater(pc.list_value_length(batch["genres"]), 0)).drop_columns(["no_genres"])
+
+
+# ------------------------------------------------------------------------------------------------ split + vocabulary
+
+
+def with_split(batch: pa.Table, seed: int, val_fraction: float) -> pa.Table:
+    """Drops unlabelled rows; adds `split` and `u` (the id's uniform hash in [0, 1): row key, val sample)."""
+    batch = batch.filter(pc.greater(pc.list_value_length(batch["genres"]), 0))
+    ids = batch["movie_id"].to_pylist()
+    u = np.array([splits.unit(m, seed) for m in ids], dtype=np.float64)
+    part = [splits.split_at(x, val_fraction) for x in u]
+    return batch.append_column("split", pa.array(part, pa.string())).append_column("u", pa.array(u))
+
+
+def _genre_counts(batch: pa.Table) -> pa.Table:
+    """Partial aggregate of one batch: (split, genre, n); genre "" counts the split's movies."""
+    flat = pc.list_flatten(batch["genres"])
+    owner = pc.take(batch["split"], pc.list_parent_indices(batch["genres"]))
+    # a genre listed twice for one movie counts once
+    pairs = pa.table({"row": pc.list_parent_indices(batch["genres"]), "split": owner, "genre": flat})
+    pairs = pairs.group_by(["row", "split", "genre"]).aggregate([]).select(["split", "genre"])
+    rows = pa.table({"split": batch["split"], "genre": pa.array([""] * batch.num_rows, pa.string())})
+    both = pa.concat_tables([pairs.cast(rows.schema), rows])
+    counted = both.group_by(["split", "genre"]).aggregate([([], "count_all")])
+    return counted.rename_columns(["split", "genre", "n"])
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    genres: list[str]
+    rows: dict[str, int]  # labelled movies per split
+    train_positives: list[int]  # training movies per genre, in `genres` order
+
+    def positive_weights(self) -> list[float]:
+        # neg/pos per genre, capped: a genre with 3 positives must not dominate the loss by a factor of 1000
+        n = self.rows["train"]
+        return [float(np.clip((n - p) / max(p, 1), 1.0, 50.0)) for p in self.train_positives]
+
+
+def vocabulary(split_rows: ray.data.Dataset, cfg: Config) -> Vocabulary:
+    """Genres with enough training movies, from per-batch counts reduced in the driver (O(genres), not O(movies))."""
+    totals: Counter[tuple[str, str]] = Counter()
+    partial = split_rows.select_columns(["genres", "split"]).map_batches(_genre_counts, batch_format="pyarrow")
+    for part in partial.iter_batches(batch_format="pyarrow", batch_size=None):
+        for s, g, n in zip(part["split"].to_pylist(), part["genre"].to_pylist(), part["n"].to_pylist(), strict=True):
+            totals[s, g] += n
+    rows = {s: totals[s, ""] for s in _SPLITS}
+    if rows["train"] == 0:
+        raise TrainingDataError(
+            "no labelled movie with an embedding: give the catalog a genres column (or check the embed stage ran)"
+        )
+    if rows["val"] == 0:
+        raise TrainingDataError(
+            f"{rows['train']} labelled movies leave none for validation: add labelled movies or raise "
+            "train.val_fraction"
+        )
+    min_count = max(cfg.train.min_genre_count, math.ceil(cfg.train.min_genre_fraction * rows["train"]))
+    vocab = sorted(g for (s, g), n in totals.items() if s == "train" and g and n >= min_count)
+    if len(vocab) < 2:
+        raise TrainingDataError(
+            f"{len(vocab)} genre(s) with >= {min_count} training movies ({vocab}): a genre classifier needs at least "
+            "two; add labelled movies or lower train.min_genre_fraction / train.min_genre_count"
+        )
+    return Vocabulary(vocab, rows, [totals["train", g] for g in vocab])
+
+
+# ---------------------------------------------------------------------------------------------------- labels
+
+
+def encode(batch: pa.Table, vocab: list[str]) -> dict[str, np.ndarray]:
+    """x (embedding), y (multi-hot over vocab; other genres ignored), u (row key) as numpy for iter_torch_batches."""
+    from genre_ray.schema import vector_matrix
+
+    n = batch.num_rows
+    y = np.zeros((n, len(vocab)), np.float32)
+    col = pc.index_in(pc.list_flatten(batch["genres"]), value_set=pa.array(vocab, pa.string()))
+    owner = pc.list_parent_indices(batch["genres"]).to_numpy()
+    known = col.is_valid().to_numpy(zero_copy_only=False)
+    y[owner[known], col.to_numpy(zero_copy_only=False)[known].astype(np.int64)] = 1.0
+    return {"x": vector_matrix(batch["embedding"]), "y": y, "u": batch["u"].to_numpy()}
+
+
+def _keep_split(batch: pa.Table, name: str, below: float) -> pa.Table:
+    mask = pc.equal(batch["split"], name)
+    if below < 1.0:
+        mask = pc.and_(mask, pc.less(batch["u"], below))
+    return batch.filter(mask)
+
+
+@dataclass
+class TrainingData:
+    """What the trainer consumes. The datasets hold x / y / u; only counts and the vocabulary live in the driver."""
+
+    train: ray.data.Dataset
+    val: ray.data.Dataset
+    test: ray.data.Dataset
+    vocab: Vocabulary
+    input_dim: int
+
+    @property
+    def genres(self) -> list[str]:
+        return self.vocab.genres
+
+
+def prepare(movies: ray.data.Dataset, cfg: Config) -> TrainingData:
+    """Split, vocabulary and labels for `movies` (movie_id, genres, embedding, as from labelled_movies)."""
+    tc = cfg.train
+    rows = movies.map_batches(
+        with_split, fn_kwargs={"seed": cfg.seed, "val_fraction": tc.val_fraction}, batch_format="pyarrow"
+    ).materialize()  # joined once; the count pass and the three splits below read these blocks
+    vocab = vocabulary(rows, cfg)
+    dims = rows.schema().base_schema.field("embedding").type
+    input_dim = dims.list_size if pa.types.is_fixed_size_list(dims) else int(np.prod(dims.shape))
+
+    def part(name: str, below: float = 1.0) -> ray.data.Dataset:
+        chosen = rows.map_batches(_keep_split, fn_kwargs={"name": name, "below": below}, batch_format="pyarrow")
+        return chosen.map_batches(encode, fn_kwargs={"vocab": vocab.genres}, batch_format="pyarrow")
+
+    # val ids are uniform on [test, test + width): the lowest `keep` share of that band is a seeded random sample
+    width = (1.0 - splits.TEST_FRACTION) * tc.val_fraction
+    keep = min(1.0, tc.max_val_rows / vocab.rows["val"])
+    val_below = splits.TEST_FRACTION + width * keep if keep < 1.0 else 1.0
+    return TrainingData(
+        train=part("train").materialize(),
+        val=part("val", val_below).materialize(),
+        test=part("test"),
+        vocab=vocab,
+        input_dim=input_dim,
+    )
+
+
+def read_arrays(ds: ray.data.Dataset | Any, batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x, y, u) of a small dataset or shard, ordered by u so the result does not depend on block order."""
+    xs, ys, us = [], [], []
+    for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        xs.append(batch["x"])
+        ys.append(batch["y"])
+        us.append(batch["u"])
+    if not xs:
+        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), np.zeros(0)
+    u = np.concatenate(us)
+    order = np.argsort(u, kind="stable")
+    return np.concatenate(xs)[order].astype(np.float32), np.concatenate(ys)[order].astype(np.float32), u[order]
