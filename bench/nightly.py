@@ -69,13 +69,40 @@ def _tree(root: int) -> list[int]:
     return out
 
 
+def _rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _object_store_kib() -> int:
+    """Bytes in the Ray object store now (what `ray memory --stats-only` reports), 0 if it cannot be asked."""
+    try:
+        import ray
+        from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+        if not ray.is_initialized():
+            return 0
+        reply = get_memory_info_reply(get_state_from_address(ray.get_runtime_context().gcs_address))
+        return int(reply.store_stats.object_store_bytes_used) // 1024
+    except Exception:  # a sampler must never take the benchmark down
+        return 0
+
+
 class MemorySampler:
-    """Peak PSS of this process tree, per stage; the stage switches when run_stages echoes "[stage] running"."""
+    """Per stage peaks: PSS of this process tree (driver + the Ray node it started), the driver's own RSS, and the
+    object store's bytes in use. The stage switches when run_stages echoes "[stage] running"."""
 
     def __init__(self, interval: float = 0.2) -> None:
         self.interval = interval
         self.stage = "setup"
         self.peak_kib: dict[str, int] = {}
+        self.driver_peak_kib: dict[str, int] = {}
+        self.store_peak_kib: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -85,10 +112,15 @@ class MemorySampler:
             self.stage = line[1 : line.index("]")]
 
     def _run(self) -> None:
-        me = os.getpid()
+        me, tick = os.getpid(), 0
         while not self._stop.is_set():
+            stage = self.stage
             total = sum(_pss_kib(p) for p in _tree(me))
-            self.peak_kib[self.stage] = max(self.peak_kib.get(self.stage, 0), total)
+            self.peak_kib[stage] = max(self.peak_kib.get(stage, 0), total)
+            self.driver_peak_kib[stage] = max(self.driver_peak_kib.get(stage, 0), _rss_kib(me))
+            if tick % 5 == 0:  # an RPC to the node: once a second is enough
+                self.store_peak_kib[stage] = max(self.store_peak_kib.get(stage, 0), _object_store_kib())
+            tick += 1
             self._stop.wait(self.interval)
 
     def __enter__(self) -> MemorySampler:
@@ -111,6 +143,8 @@ class StageRow:
     rows: int
     note: str
     peak_mib: float
+    driver_peak_mib: float = 0.0
+    store_peak_mib: float = 0.0
 
 
 @dataclass
@@ -153,7 +187,16 @@ def run_night(name: str, cfg: Any) -> Night:
         result = report.results.get(stage, {})
         rows, note = _rows_and_note(stage, result)
         night.rows.append(
-            StageRow(name, stage, float(result.get("seconds", 0.0)), rows, note, mem.peak_kib.get(stage, 0) / 1024)
+            StageRow(
+                name,
+                stage,
+                float(result.get("seconds", 0.0)),
+                rows,
+                note,
+                mem.peak_kib.get(stage, 0) / 1024,
+                mem.driver_peak_kib.get(stage, 0) / 1024,
+                mem.store_peak_kib.get(stage, 0) / 1024,
+            )
         )
     return night
 
@@ -220,6 +263,30 @@ def capacity_plan(
     return "\n".join(lines)
 
 
+def tiny_encoder(out: Path, seed: int = 0) -> Path:
+    """A random-initialised 1-layer BERT with MiniLM's tokenizer and a 384-d output, saved as a local model dir."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from genre_ray.encoder import resolve_model_path
+
+    if (out / "config.json").exists():
+        return out
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=384,
+        num_hidden_layers=1,
+        num_attention_heads=6,
+        intermediate_size=768,
+        max_position_embeddings=512,
+    )
+    BertModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- main
 
 
@@ -234,6 +301,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--config", default=None, help="base config (default: all defaults, local mode)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a temp dir)")
+    ap.add_argument(
+        "--tiny-encoder",
+        action="store_true",
+        help="embed with a random-initialised 1-layer 384-d BERT built here (MiniLM's tokenizer): measures the "
+        "pipeline without the encoder's FLOPs (the MiniLM rate is bench.embed's job)",
+    )
     ap.add_argument("--plan-titles", default="1000000,10000000")
     ap.add_argument("--plan-workers", default="1,8,32")
     ap.add_argument(
@@ -260,6 +333,7 @@ def main(argv: list[str] | None = None) -> None:
         "workdir": str(workdir / "run"),
         "catalog.paths": [str(source)],
         "train.epochs": args.epochs,
+        **({"encoder.model": str(tiny_encoder(workdir / "tiny-encoder"))} if args.tiny_encoder else {}),
         **parse_overrides(args.overrides),
     }
     cfg = load_config(args.config, overrides)
@@ -271,11 +345,17 @@ def main(argv: list[str] | None = None) -> None:
     print(f"night 2 catalog: {n_changed} changed, {n_removed} removed")
     nights.append(run_night("2 (incremental)", cfg))
 
-    print(f"\n| night | stage | seconds | rows | rows/s | peak PSS MiB | notes |\n|{' --- |' * 7}")
+    print(
+        "\n| night | stage | seconds | rows | rows/s | driver peak RSS MiB | node peak PSS MiB | object store peak MiB "
+        f"| notes |\n|{' --- |' * 9}"
+    )
     for night in nights:
         for r in night.rows:
             rate = f"{r.rows / r.seconds:.1f}" if r.seconds and r.rows and r.stage != "train" else "-"
-            print(f"| {r.night} | {r.stage} | {r.seconds:.1f} | {r.rows} | {rate} | {r.peak_mib:.0f} | {r.note} |")
+            print(
+                f"| {r.night} | {r.stage} | {r.seconds:.1f} | {r.rows} | {rate} | {r.driver_peak_mib:.0f} "
+                f"| {r.peak_mib:.0f} | {r.store_peak_mib:.0f} | {r.note} |"
+            )
     print(f"\nrun record: {RunLayout.of(cfg.workdir).run_json}")
     load = os.getloadavg()[0]
     print(f"CPUs: {os.cpu_count()}, load average (1 min) at the end: {load:.1f}")
@@ -284,7 +364,16 @@ def main(argv: list[str] | None = None) -> None:
     print("\nCapacity plan (linear in titles / workers from the rates above):\n")
     print(capacity_plan(nights, titles, workers, args.changed, cfg.train, args.embed_rate))
     summary = {
-        n.name: {r.stage: {"seconds": r.seconds, "rows": r.rows, "peak_mib": r.peak_mib} for r in n.rows}
+        n.name: {
+            r.stage: {
+                "seconds": r.seconds,
+                "rows": r.rows,
+                "peak_mib": r.peak_mib,
+                "driver_peak_mib": r.driver_peak_mib,
+                "store_peak_mib": r.store_peak_mib,
+            }
+            for r in n.rows
+        }
         for n in nights
     }
     (workdir / "bench-nightly.json").write_text(json.dumps(summary, indent=2))

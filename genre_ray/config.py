@@ -107,8 +107,10 @@ class TrainConfig(Section):
     # 0 = size from the node (see train.py: a worker per CPU pair, never more than the data can feed)
     num_workers: int = Field(0, ge=0)
     cpus_per_worker: float = Field(0.5, gt=0)
-    # a worker keeps its training shard in memory after the first epoch when the shard is at most this big (0: never)
+    # workers keep the training split in memory when it is at most this big (0: never; larger streams every epoch)
     cache_shard_mb: float = Field(512, ge=0)
+    # Ray placement of the worker group: PACK fills a node first; SPREAD puts workers on different nodes
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     use_gpu: Literal["auto", "yes", "no"] = "auto"
     max_failures: int = Field(2, ge=0)
     # A genre enters the vocabulary with >= max(min_genre_count, min_genre_fraction x training movies) of them: with

@@ -178,7 +178,7 @@ def test_killed_train_worker_resumes_from_last_checkpoint(ray_session, tmp_path)
     def kill_a_worker_after_first_commit() -> None:
         try:
             snapshot = wait_for(
-                lambda: _committed_progress(layout.checkpoints_dir), 120, "the first committed checkpoint"
+                lambda: _committed_progress(layout.checkpoints_dir), 300, "the first committed checkpoint"
             )
             workers = wait_for(lambda: my_processes("RayTrainWorker"), 10, "a Train worker process")
             killed["snapshot"] = snapshot

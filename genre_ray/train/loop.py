@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from sklearn.metrics import average_precision_score, f1_score
+from sklearn.metrics import f1_score
 from torch import nn
 
+from genre_ray import metrics
 from genre_ray.config import TrainConfig
 from genre_ray.mixup import mixup_batch
 from genre_ray.model import ClassifierSpec, GenreClassifier
@@ -37,16 +38,10 @@ THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.025), 3)
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, float]:
-    """micro-F1, macro-F1 at `threshold`, and mAP (macro average precision over genres with a positive)."""
-    pred = (probs >= threshold).astype(np.int8)
-    truth = (y_true >= 0.5).astype(np.int8)
-    # AP is undefined for a genre without a positive in this split; sklearn would warn and count it as 0.
-    present = truth.sum(axis=0) > 0
-    return {
-        "micro_f1": float(f1_score(truth, pred, average="micro", zero_division=0)),
-        "macro_f1": float(f1_score(truth, pred, average="macro", zero_division=0)),
-        "map": float(average_precision_score(truth[:, present], probs[:, present], average="macro")),
-    }
+    """micro-F1, macro-F1, mAP at `threshold`: the headline of metrics.classification_metrics (the one
+    implementation evaluate also uses, so run.json and report.md agree on the same split)."""
+    m = metrics.classification_metrics((np.asarray(y_true) >= 0.5).astype(np.int8), probs, [], threshold)
+    return {"micro_f1": m["micro_f1"], "macro_f1": m["macro_f1"], "map": m["mAP"]}
 
 
 def tune_threshold(y_true: np.ndarray, probs: np.ndarray) -> float:
@@ -87,21 +82,32 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 class _Windows:
     """Training rows of one epoch, in windows of READ_WINDOW batches.
 
-    A shard small enough to keep (`cache`) is read through Ray Data once, ordered by row key and reshuffled in memory
-    every epoch with the seeded generator: a new Ray Data execution per epoch costs more than a small epoch's compute,
-    and the run does not depend on block order. A larger shard streams every epoch through a local shuffle buffer.
+    Kept in memory (`cache`, small data): every worker reads the whole (materialised) train split once and keeps the
+    rows whose id hash falls in its rank's slice, trimmed each epoch to the smallest rank's count (DDP needs equal
+    steps). Which rows a rank trains on then depends on ids alone, not on block order or on which node a block sits:
+    the same seed gives the same model on one node or many. Every epoch reshuffles in memory with the seeded
+    generator: a new Ray Data execution per epoch costs more than a small epoch's compute.
+    Streamed (large data): the shard Ray Train split off for this worker, read every epoch through a local shuffle
+    buffer (the block order is randomised per epoch by the trainer).
     """
 
-    def __init__(self, shard: Any, window_rows: int, cache: bool, device: torch.device):
+    def __init__(self, shard: Any, window_rows: int, cache: bool, device: torch.device, rank: int, world: int):
         self.shard, self.window_rows, self.device = shard, window_rows, device
         self.cached: dict[str, torch.Tensor] | None = None
+        self.rows = 0
         if cache:
-            x, y, _ = read_arrays(shard)
-            self.cached = {"x": torch.from_numpy(x).to(device), "y": torch.from_numpy(y).to(device)}
+            x, y, u = read_arrays(shard)
+            mine = np.floor(u * 2**20).astype(np.int64) % world == rank
+            self.cached = {"x": torch.from_numpy(x[mine]).to(device), "y": torch.from_numpy(y[mine]).to(device)}
+            self.rows = int(mine.sum())
+            if world > 1:
+                count = torch.tensor([self.rows], dtype=torch.int64)
+                torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MIN)
+                self.rows = int(count.item())
 
     def epoch(self, gen: torch.Generator, seed: int) -> Any:
         if self.cached is not None:
-            perm = torch.randperm(len(self.cached["x"]), generator=gen).to(self.device)
+            perm = torch.randperm(len(self.cached["x"]), generator=gen)[: self.rows].to(self.device)
             return ({"x": self.cached["x"][w], "y": self.cached["y"][w]} for w in perm.split(self.window_rows))
         return self.shard.iter_torch_batches(
             batch_size=self.window_rows,
@@ -160,7 +166,12 @@ def train_loop(config: dict[str, Any]) -> None:
 
     progress["worker_nodes"] = _worker_nodes(world)
     windows = _Windows(
-        ray.train.get_dataset_shard("train"), tc.batch_size * READ_WINDOW, bool(config.get("cache_shard")), device
+        ray.train.get_dataset_shard("train"),
+        tc.batch_size * READ_WINDOW,
+        bool(config.get("cache_shard")),
+        device,
+        rank,
+        world,
     )
     fail_at = config.get("fail_at_epoch")
     for epoch in range(progress["epoch"] + 1, tc.epochs):
@@ -201,7 +212,7 @@ def train_loop(config: dict[str, Any]) -> None:
             "val_loss": val_loss,
             **classification_metrics(val_y, probs, tc.threshold),
             "train_seconds": train_seconds,
-            # every worker trains an equal share (streaming_split(equal=True)), so the cluster rate is world x ours
+            # every worker trains an equal share (trimmed slices, or streaming_split(equal=True)): world x ours
             "rows_per_s": world * rows / max(train_seconds, 1e-9),
         }
         progress["history"].append(metrics)

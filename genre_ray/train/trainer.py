@@ -21,8 +21,9 @@ import ray
 import ray.data
 from safetensors.torch import load_file
 
+from genre_ray import split as splits
 from genre_ray.config import Config, TrainConfig
-from genre_ray.layout import RunLayout
+from genre_ray.layout import RunLayout, atomic_write_text
 from genre_ray.model import ClassifierSpec, GenreClassifier, save_classifier
 from genre_ray.train.data import TrainingData, labelled_movies, prepare, read_arrays
 from genre_ray.train.loop import BEST, PROGRESS, classification_metrics, predict_proba, train_loop, tune_threshold
@@ -96,24 +97,30 @@ def build_trainer(
     tc = cfg.train
     n_train = data.vocab.rows["train"]
     workers, resources, use_gpu = worker_plan(tc, n_train)
-    shard_bytes = n_train * (data.input_dim + len(data.genres) + 2) * 4 / workers
+    # kept in memory, every worker reads the whole train split and keeps its slice (see loop._Windows)
+    cache = n_train * (data.input_dim + len(data.genres) + 2) * 4 <= tc.cache_shard_mb * 2**20
     loop_config = {
         "train": tc.model_dump(),
         "spec": spec_for(cfg, data.input_dim, len(data.genres)).__dict__,
         "seed": cfg.seed,
         "pos_weight": data.vocab.positive_weights() if tc.pos_weight else None,
-        "cache_shard": shard_bytes <= tc.cache_shard_mb * 2**20,
+        "cache_shard": cache,
         **(extra or {}),
     }
     return TorchTrainer(
         train_loop,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(
+            num_workers=workers,
+            use_gpu=use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=tc.placement_strategy,
+        ),
         # randomize_block_order: each epoch's execution visits blocks in a new order (with the local shuffle
         # buffer that is the per-epoch shuffle of a streamed shard)
         datasets={"train": data.train.randomize_block_order(), "val": data.val},
-        # val is not split: every worker scores the whole (bounded) val set, so all stop together
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        # val is never split: every worker scores the whole (bounded) val set, so all stop together
+        dataset_config=DataConfig(datasets_to_split=[] if cache else ["train"]),
         run_config=RunConfig(
             storage_path=str(layout.checkpoints_dir),
             name=run_name,
@@ -159,9 +166,11 @@ def train_on_data(
     if cfg.train.tune_threshold:
         val_x, val_y, _ = read_arrays(data.val)  # bounded by train.max_val_rows
         threshold = tune_threshold(val_y, predict_proba(model, val_x))
-    version = save_classifier(model, spec, data.genres, layout.model_dir, threshold=threshold)
+    # The split is part of the artifact: evaluate scores on this model's test movies whatever the config says then.
+    split = {"seed": cfg.seed, "val_fraction": cfg.train.val_fraction, "test_fraction": splits.TEST_FRACTION}
+    version = save_classifier(model, spec, data.genres, layout.model_dir, threshold=threshold, split=split)
     history = progress["history"]
-    (layout.model_dir / HISTORY).write_text(json.dumps(history, indent=2))
+    atomic_write_text(layout.model_dir / HISTORY, json.dumps(history, indent=2))
 
     test_y, test_probs = _score(model, data.test)
     test_metrics = classification_metrics(test_y, test_probs, threshold) if len(test_y) else {}
