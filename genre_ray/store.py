@@ -61,6 +61,19 @@ class StoreError(RuntimeError):
     pass
 
 
+def table_names(db: lancedb.DBConnection) -> set[str]:
+    """Every table in the database. `db.table_names()` is deprecated and returns only its first page (10 names),
+    so a store with more partitions than that could never find its own tables again."""
+    names: list[str] = []
+    token: str | None = None
+    while True:
+        page = db.list_tables(page_token=token)
+        names += page.tables
+        token = page.page_token
+        if not token:
+            return set(names)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Partitioning and index parameters
 
@@ -426,7 +439,7 @@ def _restore_published(store: Store, manifest: Mapping[str, Any] | None) -> None
     """Undo whatever an interrupted run wrote after the last switch: tables back to their manifest versions."""
     if manifest is None:
         return
-    existing = set(store.db.table_names())
+    existing = table_names(store.db)
     for name, info in manifest["tables"].items():
         if name not in existing:
             raise StoreError(f"published table {name} is missing from {store.dir}")
@@ -556,7 +569,7 @@ def _write(
     import lance_ray
 
     published = set(previous["tables"]) if previous and not diff.full else set()
-    existing = set(store.db.table_names())
+    existing = table_names(store.db)
     target_tables = set(pc.unique(diff.upsert["_table"]).to_pylist())
     served = schema.served_schema(dim)
     touched: set[str] = set()

@@ -282,3 +282,21 @@ def test_ivf_pq_recall_against_exact_search(tmp_path):
         got = {int(i) for i in res.select(["movie_id"]).to_arrow()["movie_id"].to_pylist()}
         hits += len(got & set(truth.tolist()))
     assert hits / (len(queries) * k) >= 0.9
+
+
+def test_more_than_ten_partition_tables_publish_again(ray_session, tmp_path):
+    """LanceDB's deprecated table_names() pages at 10 names: a store with 12 tables must still republish."""
+    languages = [f"l{i:02d}" for i in range(12)]
+    rows = catalog_table(24).to_pylist()
+    for i, r in enumerate(rows):
+        r["language"] = languages[i % 12]
+    catalog = pa.Table.from_pylist(rows, schema=schema.CATALOG)
+    cfg, layout = make_run(tmp_path, catalog, min_partition_rows=2)
+    first = publish(cfg, layout, run_id="r1", embeddings=embeddings_for(catalog))
+    assert len(first.tables) == 12
+
+    night = edit_overview(catalog, {"1000", "1011"})
+    rewrite_catalog(layout, night)
+    second = publish(cfg, layout, run_id="r2", embeddings=embeddings_for(night))
+    assert second.published and second.upserted == 2 and len(second.tables) == 12
+    assert ids_in(Store(layout.store_dir)) == sorted(catalog["movie_id"].to_pylist())
