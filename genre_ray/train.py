@@ -28,14 +28,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from safetensors.torch import load_file, save_file
-from sklearn.metrics import average_precision_score, f1_score
+from sklearn.metrics import f1_score
 from torch import nn
 
-from genre_ray import schema
+from genre_ray import metrics, schema
 from genre_ray import split as splits
 from genre_ray.catalog import read_catalog
 from genre_ray.config import Config, TrainConfig
-from genre_ray.layout import RunLayout
+from genre_ray.layout import RunLayout, atomic_write_text
 from genre_ray.mixup import mixup_batch
 from genre_ray.model import ClassifierSpec, GenreClassifier, save_classifier
 
@@ -142,16 +142,10 @@ def prepare_data(table: pa.Table, cfg: Config) -> LabeledData:
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, float]:
-    """micro-F1, macro-F1 at `threshold`, and mAP (macro average precision over genres with a positive)."""
-    pred = (probs >= threshold).astype(np.int8)
-    truth = (y_true >= 0.5).astype(np.int8)
-    # AP is undefined for a genre without a positive in this split; sklearn would warn and count it as 0.
-    present = truth.sum(axis=0) > 0
-    return {
-        "micro_f1": float(f1_score(truth, pred, average="micro", zero_division=0)),
-        "macro_f1": float(f1_score(truth, pred, average="macro", zero_division=0)),
-        "map": float(average_precision_score(truth[:, present], probs[:, present], average="macro")),
-    }
+    """micro-F1, macro-F1, mAP at `threshold`: the headline of metrics.classification_metrics (the one
+    implementation evaluate also uses, so run.json and report.md agree on the same split)."""
+    m = metrics.classification_metrics((np.asarray(y_true) >= 0.5).astype(np.int8), probs, [], threshold)
+    return {"micro_f1": m["micro_f1"], "macro_f1": m["macro_f1"], "map": m["mAP"]}
 
 
 def tune_threshold(y_true: np.ndarray, probs: np.ndarray) -> float:
@@ -426,9 +420,11 @@ def train_on_table(
     threshold = cfg.train.threshold
     if cfg.train.tune_threshold:
         threshold = tune_threshold(data.part("val")[1], predict_proba(model, data.part("val")[0]))
-    version = save_classifier(model, spec, data.vocab, layout.model_dir, threshold=threshold)
+    # The split is part of the artifact: evaluate scores on this model's test movies whatever the config says then.
+    split = {"seed": cfg.seed, "val_fraction": cfg.train.val_fraction, "test_fraction": splits.TEST_FRACTION}
+    version = save_classifier(model, spec, data.vocab, layout.model_dir, threshold=threshold, split=split)
     history = progress["history"]
-    (layout.model_dir / HISTORY).write_text(json.dumps(history, indent=2))
+    atomic_write_text(layout.model_dir / HISTORY, json.dumps(history, indent=2))
 
     test_x, test_y = data.part("test")
     test_metrics = classification_metrics(test_y, predict_proba(model, test_x), threshold) if len(test_x) else {}

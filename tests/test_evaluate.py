@@ -21,7 +21,6 @@ from genre_ray.embed import embeddings_uri
 from genre_ray.evaluate import (
     METHODS,
     Catalog,
-    ann_recall,
     drop_targets,
     evaluate,
     goal,
@@ -32,6 +31,7 @@ from genre_ray.evaluate import (
 )
 from genre_ray.layout import RunLayout
 from genre_ray.model import ClassifierSpec, GenreClassifier, save_classifier
+from genre_ray.store.recall import ann_recall
 
 EMB_DIM = 16
 

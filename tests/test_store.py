@@ -121,8 +121,12 @@ def test_index_rule_and_flat_fallback(first_run):
     # index_min_rows=25: en (30 rows) gets IVF-PQ, the catch-all (10 rows) stays flat
     assert result.tables["movies_en"]["indexed"] and not result.tables["movies_other"]["indexed"]
     tables = Store(layout.store_dir).open_tables()
-    assert [ix.index_type for ix in tables["movies_en"].list_indices()] == ["IvfPq"]
-    assert list(tables["movies_other"].list_indices()) == []
+    def indexes(name: str) -> dict[str, str]:
+        return {",".join(ix.columns): ix.index_type for ix in tables[name].list_indices()}
+
+    # every served table: B-tree on movie_id and title_key (lookups); vector index only where large enough
+    assert indexes("movies_en") == {"movie_id": "BTree", "title_key": "BTree", "vector": "IvfPq"}
+    assert indexes("movies_other") == {"movie_id": "BTree", "title_key": "BTree"}
     assert "ivf-pq" in result.summary() and "flat" in result.summary()
 
 
@@ -199,7 +203,7 @@ def test_interrupted_run_leaves_readers_on_previous_version(ray_session, tmp_pat
     def killed(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("killed before the manifest switch")
 
-    monkeypatch.setattr(store, "_commit", killed)
+    monkeypatch.setattr(store.writer, "_commit", killed)
     with pytest.raises(RuntimeError, match="killed"):
         publish(cfg, layout, run_id="r2", embeddings=embeddings_for(night))
 
