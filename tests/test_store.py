@@ -121,6 +121,7 @@ def test_index_rule_and_flat_fallback(first_run):
     # index_min_rows=25: en (30 rows) gets IVF-PQ, the catch-all (10 rows) stays flat
     assert result.tables["movies_en"]["indexed"] and not result.tables["movies_other"]["indexed"]
     tables = Store(layout.store_dir).open_tables()
+
     def indexes(name: str) -> dict[str, str]:
         return {",".join(ix.columns): ix.index_type for ix in tables[name].list_indices()}
 

@@ -28,7 +28,7 @@ import lancedb
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-from lancedb.index import IvfPq
+from lancedb.index import BTree, IvfPq
 
 from genre_ray import schema
 from genre_ray.catalog import read_catalog
@@ -201,7 +201,7 @@ def _scalar_indexes(tbl: lancedb.table.Table) -> None:
     have = {tuple(ix.columns) for ix in tbl.list_indices()}
     for column in ("movie_id", TITLE_KEY):
         if (column,) not in have:
-            tbl.create_scalar_index(column, index_type="BTREE", replace=True)
+            tbl.create_index(column, config=BTree(), replace=True)
 
 
 def _index(tbl: lancedb.table.Table, cfg: StoreConfig, dim: int, full: bool) -> bool:
