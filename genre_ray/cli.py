@@ -16,6 +16,8 @@ from genre_ray.layout import RunLayout
 log = logging.getLogger("genre_ray")
 
 SAMPLE_TITLE = "Alien"
+# exit status when another process holds the store's writer lease (1: a failed run, 2: bad config)
+LEASE_HELD = 3
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -66,14 +68,14 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 def _stage_cmd(stages: list[str]):
     def run(cfg: Config, args: argparse.Namespace) -> int:
-        from genre_ray.pipeline import run_stages
+        from genre_ray.pipeline import nightly_plan, run_stages
         from genre_ray.runtime import init_ray
 
         init_ray(cfg.ray)
-        plan = list(stages)
-        if getattr(args, "retrain", False):
-            plan = [s.rstrip("?") for s in plan]
-        report = run_stages(cfg, plan)
+        plan = nightly_plan(args.retrain) if stages == ["nightly"] else list(stages)
+        report = run_stages(
+            cfg, plan, promote=getattr(args, "promote", False), break_lock=getattr(args, "break_lock", False)
+        )
         print(f"run {report.run_id} {report.status}: {RunLayout.of(cfg.workdir).run_json}")
         if "publish" in report.outputs and getattr(args, "sample", True):
             _print_sample(cfg)
@@ -146,13 +148,44 @@ def _for_user(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _rollback(cfg: Config, args: argparse.Namespace) -> int:
-    from genre_ray.store import Store
+    from genre_ray.store import Store, StoreError, writer_lease
+    from genre_ray.store.models import restore_model
 
-    store = Store(RunLayout.of(cfg.workdir).store_dir)
-    target = store.rollback(args.to)
+    layout = RunLayout.of(cfg.workdir)
+    store = Store(layout.store_dir)
+    with writer_lease(store.dir, f"rollback-{args.to or 'previous'}", cfg.store.lease_timeout_s, args.break_lock):
+        target = store.rollback(args.to)
+        # model/ must hold the model readers are served, or the next nightly would republish the newer one
+        try:
+            restore_model(store.dir, target["model_version"], layout.model_dir)
+        except StoreError as err:
+            print(f"warning: model/ not re-exported: {err}", file=sys.stderr)
     tables = ", ".join(f"{name}@v{info['version']}" for name, info in target["tables"].items())
-    print(f"readers now on run {target['run_id']} (model {target.get('model_version')}): {tables}")
+    print(f"readers now on run {target['run_id']} (model {target.get('model_version')}, pinned): {tables}")
+    print("the nightly keeps serving this model until `nightly --retrain` or `publish --promote`")
     return 0
+
+
+def _store(cfg: Config, args: argparse.Namespace) -> int:
+    from genre_ray.store import Store
+    from genre_ray.store.maintenance import format_status, status
+
+    print(format_status(status(Store(RunLayout.of(cfg.workdir).store_dir))))
+    return 0
+
+
+def _add_writer_args(p: argparse.ArgumentParser, promote: bool = False) -> None:
+    p.add_argument(
+        "--break-lock",
+        action="store_true",
+        help="remove another writer's lease on the store first (only when that writer is known to be dead)",
+    )
+    if promote:
+        p.add_argument(
+            "--promote",
+            action="store_true",
+            help="publish the model in model/ even if a rollback pinned the store to an earlier model",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,15 +205,19 @@ def build_parser() -> argparse.ArgumentParser:
         _stage_cmd(["ingest", "embed", "train", "publish"]),
     )
     p.add_argument("--no-sample", dest="sample", action="store_false")
+    _add_writer_args(p)
     p = command(
         "nightly",
         "incremental catalog-wide re-embedding and publish (trains only if no model)",
         _stage_cmd(["nightly"]),
     )
     p.add_argument("--retrain", action="store_true", help="retrain the classifier (re-infers every movie)")
+    _add_writer_args(p, promote=True)
     for stage in ("ingest", "embed", "train", "publish", "evaluate"):
         p = command(stage, f"run only the {stage} stage", _stage_cmd([stage]))
-        p.set_defaults(sample=False)
+        p.set_defaults(sample=False, retrain=False)
+        if stage != "evaluate":
+            _add_writer_args(p, promote=stage == "publish")
 
     p = command("similar", "movies like a title or id", _similar)
     p.add_argument("title", help="a title (case-insensitive) or a movie id")
@@ -191,8 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="comma-separated weights, one per history id (e.g. ratings)")
     _add_query_args(p)
 
-    p = command("rollback", "point readers back at a previous publish", _rollback)
+    p = command("rollback", "point readers back at a previous publish (and pin its model)", _rollback)
     p.add_argument("--to", help="run id to roll back to (default: the publish before the current one)")
+    _add_writer_args(p)
+
+    p = command("store", "inspect the served store", _store)
+    p.add_argument("action", choices=["status"], help="status: tables, versions, sizes, fragments, indexes, history")
     return parser
 
 
@@ -208,12 +249,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from genre_ray.catalog import CatalogError
-    from genre_ray.store import StoreError
+    from genre_ray.model import ModelError
+    from genre_ray.store import LeaseError, StoreError
     from genre_ray.text import TemplateError
 
     try:
         return args.handler(cfg, args)
-    except (LookupError, CatalogError, StoreError, TemplateError) as err:
+    except LeaseError as err:
+        # Another writer is on the store: nothing failed, so a status of its own that a scheduler can retry on.
+        print(f"error: {err}", file=sys.stderr)
+        return LEASE_HELD
+    except (LookupError, CatalogError, StoreError, TemplateError, ModelError) as err:
         # Problems with the input or the run's state, not bugs: a message, not a traceback.
         print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
         return 1

@@ -138,6 +138,10 @@ class StoreConfig(Section):
     spectrum_batch_size: int = Field(1024, gt=0)
     spectrum_actors: int = Field(0, ge=0)
     spectrum_cpus: float = Field(0.5, gt=0)
+    # publishes kept for rollback; Lance versions and model copies only older publishes used are removed
+    keep_publishes: int = Field(14, ge=1)
+    # a writer lease older than this is stale (its writer is presumed dead) and is taken over
+    lease_timeout_s: float = Field(6 * 3600, gt=0)
 
 
 class RecommendConfig(Section):

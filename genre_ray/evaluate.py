@@ -28,14 +28,13 @@ import torch
 from genre_ray import schema
 from genre_ray.catalog import read_catalog
 from genre_ray.config import Config
-from genre_ray.layout import RunLayout
+from genre_ray.layout import RunLayout, atomic_write_text
 from genre_ray.metrics import (
     RankingMetrics,
     classification_metrics,
     coherence_at_k,
     hit_and_ndcg_at_k,
     mean_with_ci,
-    recall_at_k,
     unit_rows,
 )
 from genre_ray.model import LoadedClassifier, load_classifier
@@ -276,69 +275,6 @@ def genre_metrics(catalog: Catalog, k: int) -> tuple[dict[str, Any], dict[str, n
     return out, per_query
 
 
-# ---------------------------------------------------------------- ANN recall of the served tables
-
-
-def _top_ids(query: Any, query_id: str, k: int) -> list[str]:
-    # k + 1 asked for, the query movie itself dropped: the "more like this" question the store answers.
-    # _distance selected explicitly: Lance warns on every query that omits it (it is projected either way).
-    ids = query.select(["movie_id", "_distance"]).limit(k + 1).to_arrow()["movie_id"].to_pylist()
-    return [m for m in ids if m != query_id][:k]
-
-
-def _cosine(table: Any, vector: np.ndarray) -> Any:
-    return table.search(vector, vector_column_name="vector").distance_type("cosine")
-
-
-def ann_recall(table: Any, k: int, nprobes: int, refine_factor: int, queries: int, seed: int) -> dict[str, Any]:
-    """recall@k of the table's vector index vs exact (index-bypassing) search over the same rows, cosine as served.
-
-    Reported twice: with the served refine_factor (PQ candidates re-ranked on full vectors) and without it
-    (what the PQ codes alone retrieve), so a recall drop can be traced to the partitions or to the codes.
-    """
-    rows = table.count_rows()
-    indices = [i for i in table.list_indices() if "vector" in i.columns]
-    if not indices:
-        return {
-            "rows": rows,
-            "indexed": False,
-            "note": "no vector index (table below store.index_min_rows): served by exact search, recall 1",
-        }
-    data = table.to_arrow().select(["movie_id", "vector"])
-    ids = data["movie_id"].to_pylist()
-    vectors = schema.vector_matrix(data["vector"])
-    pick = np.sort(np.random.default_rng(seed).choice(len(ids), size=min(queries, len(ids)), replace=False))
-    served, pq_only, exact = [], [], []
-    for i in pick.tolist():
-        served.append(_top_ids(_cosine(table, vectors[i]).nprobes(nprobes).refine_factor(refine_factor), ids[i], k))
-        pq_only.append(_top_ids(_cosine(table, vectors[i]).nprobes(nprobes), ids[i], k))
-        exact.append(_top_ids(_cosine(table, vectors[i]).bypass_vector_index(), ids[i], k))
-    return {
-        "rows": rows,
-        "indexed": True,
-        "index_type": indices[0].index_type,
-        "queries": len(pick),
-        "nprobes": nprobes,
-        "refine_factor": refine_factor,
-        f"recall@{k}": recall_at_k(served, exact, k),
-        f"recall@{k}_no_refine": recall_at_k(pq_only, exact, k),
-    }
-
-
-def store_recall(cfg: Config, layout: RunLayout) -> dict[str, Any]:
-    from genre_ray.store import Store
-
-    """Per served table; {} when nothing is published yet (the report says so rather than failing the stage)."""
-    store = Store(layout.store_dir)
-    if not layout.store_dir.exists() or store.manifest() is None:
-        return {}
-    tables = store.open_tables()
-    return {
-        name: ann_recall(t, cfg.eval.k, cfg.store.nprobes, cfg.store.refine_factor, cfg.eval.ann_queries, cfg.seed)
-        for name, t in sorted(tables.items())
-    }
-
-
 # ---------------------------------------------------------------- loading the run's artifacts
 
 
@@ -353,6 +289,15 @@ def infer(classifier: LoadedClassifier, text: np.ndarray, batch: int = 2048) -> 
     return np.concatenate(spectra), np.concatenate(probs)
 
 
+def model_split(classifier: LoadedClassifier, cfg: Config) -> dict[str, Any]:
+    """The split the model was trained on, from the model artifact: the current config's seed may differ (scoring a
+    model on movies it trained on). Models saved before the split was recorded fall back to the config."""
+    if classifier.split is not None:
+        return dict(classifier.split)
+    log.warning("model %s records no split: using the config's seed %d", classifier.model_version, cfg.seed)
+    return {"seed": cfg.seed, "val_fraction": cfg.train.val_fraction}
+
+
 def build_catalog(catalog: pa.Table, embeddings: pa.Table, classifier: LoadedClassifier, cfg: Config) -> Catalog:
     """Movies with an embedding of their *current* document, sorted by id so row order never depends on I/O."""
     meta = catalog.select(["movie_id", "title", "genres", "content_hash"]).to_pandas()
@@ -362,6 +307,7 @@ def build_catalog(catalog: pa.Table, embeddings: pa.Table, classifier: LoadedCla
     joined = joined.drop_duplicates("movie_id", keep="last")
     text = schema.vector_matrix(embeddings.column("embedding"))[joined["row"].to_numpy()]
     spectrum, probs = infer(classifier, text)
+    split = model_split(classifier, cfg)
     ids = joined["movie_id"].to_numpy(dtype=str)
     return Catalog(
         movie_ids=ids,
@@ -372,7 +318,7 @@ def build_catalog(catalog: pa.Table, embeddings: pa.Table, classifier: LoadedCla
         probs=probs,
         vocab=classifier.vocab,
         threshold=classifier.threshold,
-        is_test=np.array([split_of(m, cfg.seed, cfg.train.val_fraction) == "test" for m in ids]),
+        is_test=np.array([split_of(m, **split) == "test" for m in ids]),
     )
 
 
@@ -463,6 +409,7 @@ def evaluate(cfg: Config, layout: RunLayout) -> dict[str, Any]:
     """
     from genre_ray.embed import read_embeddings  # the embed stage's reader: one place knows its storage format
     from genre_ray.report import write_report
+    from genre_ray.store.recall import store_recall
 
     classifier = load_classifier(layout.model_dir)
     # Only the columns evaluation needs: the documents are most of the catalog's bytes.
@@ -474,7 +421,8 @@ def evaluate(cfg: Config, layout: RunLayout) -> dict[str, Any]:
     metrics["ann"] = store_recall(cfg, layout)
     history = _read_history(layout.model_dir / "history.json")
     layout.reports_dir.mkdir(parents=True, exist_ok=True)
-    (layout.reports_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    metrics["split"] = model_split(classifier, cfg)
+    atomic_write_text(layout.reports_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     report = write_report(metrics, catalog, history, layout.reports_dir)
     for g in metrics["goals"]:
         log.info("%s: %s %s", g["goal"], "MET" if g["met"] else "NOT MET", g["measured"])

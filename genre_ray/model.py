@@ -9,11 +9,15 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from genre_ray.layout import atomic_write, atomic_write_text
+
+# the weights file of models saved before weights were named by version
 WEIGHTS = "model.safetensors"
 META = "model.json"
 DEFAULT_THRESHOLD = 0.5
@@ -66,6 +70,8 @@ class LoadedClassifier:
     model_version: str
     # the probability above which a genre counts as predicted (tuned on the validation split, never on test)
     threshold: float = DEFAULT_THRESHOLD
+    # {"seed", "val_fraction", "test_fraction"} the model was trained with; None for models saved before it was kept
+    split: dict[str, Any] | None = None
 
 
 def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -82,30 +88,85 @@ def weights_version(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
+class ModelError(RuntimeError):
+    """A model directory that cannot be served: missing, torn by a crash, or weights that do not match."""
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def save_classifier(
     model: nn.Module,
     spec: ClassifierSpec,
     vocab: list[str],
     out_dir: str | Path,
     threshold: float = DEFAULT_THRESHOLD,
+    split: dict[str, Any] | None = None,
 ) -> str:
-    """Write weights + spec + vocabulary + decision threshold; returns the model version (a hash of the weights)."""
+    """Write weights + spec + vocabulary + decision threshold (+ the train/val/test split the model was trained on,
+    which evaluation must reuse); returns the model version (a hash of the weights).
+
+    Crash-safe: the weights go to a file named by their version, then model.json (written atomically, last) points
+    at that file with its sha256; only then are older weight files removed. A crash at any point leaves a model.json
+    that names complete weights: the old model or the new one, never new weights under the old version.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = _state_dict(model)
     version = weights_version(state)
-    save_file(state, str(out / WEIGHTS))
-    meta = {"spec": asdict(spec), "vocab": list(vocab), "model_version": version, "threshold": float(threshold)}
-    (out / META).write_text(json.dumps(meta, indent=2))
+    weights = f"model-{version}.safetensors"
+    atomic_write(out / weights, lambda tmp: save_file(state, str(tmp)))
+    meta = {
+        "spec": asdict(spec),
+        "vocab": list(vocab),
+        "model_version": version,
+        "threshold": float(threshold),
+        "weights": weights,
+        "weights_sha256": file_sha256(out / weights),
+        "split": split,
+    }
+    atomic_write_text(out / META, json.dumps(meta, indent=2))
+    _remove_unreferenced_weights(out, keep=weights)
     return version
+
+
+def _remove_unreferenced_weights(out: Path, keep: str) -> None:
+    for old in out.glob("model*.safetensors"):
+        if old.name != keep:
+            old.unlink(missing_ok=True)
+
+
+def read_meta(model_dir: str | Path) -> dict[str, Any]:
+    path = Path(model_dir) / META
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"no model at {path.parent} (run the train stage first)") from None
+    except json.JSONDecodeError as err:
+        raise ModelError(f"{path}: not valid JSON ({err}); re-run the train stage") from None
 
 
 def load_classifier(model_dir: str | Path, device: str = "cpu") -> LoadedClassifier:
     path = Path(model_dir)
-    meta = json.loads((path / META).read_text())
+    meta = read_meta(path)
+    weights = path / meta.get("weights", WEIGHTS)
+    if not weights.exists():
+        raise ModelError(f"{path / META} names weights {weights.name}, which are missing; re-run the train stage")
+    expected = meta.get("weights_sha256")
+    # model.json files written before the hash was recorded are loaded unchecked
+    if expected is not None and file_sha256(weights) != expected:
+        raise ModelError(
+            f"{weights}: sha256 does not match {path / META} (model_version {meta['model_version']}); the model "
+            "directory is torn or was edited: re-run the train stage"
+        )
     spec = ClassifierSpec(**meta["spec"])
     model = GenreClassifier(spec)
-    model.load_state_dict(load_file(str(path / WEIGHTS), device=device))
+    model.load_state_dict(load_file(str(weights), device=device))
     model.to(device).eval()
     return LoadedClassifier(
         model=model,
@@ -113,4 +174,18 @@ def load_classifier(model_dir: str | Path, device: str = "cpu") -> LoadedClassif
         model_version=meta["model_version"],
         # model.json files written before the threshold was saved used the default
         threshold=float(meta.get("threshold", DEFAULT_THRESHOLD)),
+        split=meta.get("split"),
     )
+
+
+def copy_classifier(src: str | Path, dst: str | Path) -> str:
+    """Copy a saved model directory in the same crash-safe order as save_classifier; returns its version."""
+    src, dst = Path(src), Path(dst)
+    meta = read_meta(src)
+    weights = meta.get("weights", WEIGHTS)
+    data = (src / weights).read_bytes()
+    dst.mkdir(parents=True, exist_ok=True)
+    atomic_write(dst / weights, lambda tmp: tmp.write_bytes(data))
+    atomic_write_text(dst / META, json.dumps(meta, indent=2))
+    _remove_unreferenced_weights(dst, keep=weights)
+    return meta["model_version"]

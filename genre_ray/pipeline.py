@@ -27,6 +27,13 @@ STAGES = ("ingest", "embed", "train", "publish", "evaluate")
 # The nightly job: re-read the catalog, re-embed what changed, publish what changed. It trains only when there
 # is no model yet (or when asked): retraining changes every vector, which the nightly should not do by surprise.
 NIGHTLY = ("ingest", "embed", "train?", "publish")
+# Stages that write the run's artifacts or the store: a run with any of them holds the store's writer lease.
+MUTATING = {"ingest", "embed", "train", "publish"}
+
+
+def nightly_plan(retrain: bool) -> list[str]:
+    """The nightly's stages; --retrain makes training unconditional. The CLI and jobs/nightly.py both use this."""
+    return ["ingest", "embed", "train", "publish"] if retrain else ["nightly"]
 
 
 def _ingest(cfg: Config, layout: RunLayout) -> Any:
@@ -47,10 +54,10 @@ def _train(cfg: Config, layout: RunLayout) -> Any:
     return train_classifier(cfg, layout)
 
 
-def _publish(cfg: Config, layout: RunLayout, run_id: str) -> Any:
+def _publish(cfg: Config, layout: RunLayout, run_id: str, promote: bool) -> Any:
     from genre_ray.store import publish
 
-    return publish(cfg, layout, run_id=run_id)
+    return publish(cfg, layout, run_id=run_id, promote=promote)
 
 
 def _evaluate(cfg: Config, layout: RunLayout) -> Any:
@@ -134,11 +141,29 @@ def run_stages(
     *,
     run_id: str | None = None,
     echo: Callable[[str], None] = print,
+    promote: bool = False,
+    break_lock: bool = False,
 ) -> RunReport:
-    """Run stages in order. A stage suffixed "?" (train?) runs only if its output is missing."""
+    """Run stages in order. A stage suffixed "?" (train?) runs only if its output is missing.
+
+    A run that writes anything holds the store's writer lease throughout (a second writer fails at once with
+    store.LeaseError, before it touches even run.json). `promote`: publish model/ even if a rollback pinned the
+    store's model; a run that trains a model promotes it anyway.
+    """
     layout = RunLayout.of(cfg.workdir)
     run_id = run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     plan = expand(stages)
+    if not MUTATING & {s.rstrip("?") for s in plan}:
+        return _run_plan(cfg, layout, run_id, plan, echo, promote)
+    from genre_ray.store import writer_lease
+
+    with writer_lease(layout.store_dir, run_id, cfg.store.lease_timeout_s, break_lock):
+        return _run_plan(cfg, layout, run_id, plan, echo, promote)
+
+
+def _run_plan(
+    cfg: Config, layout: RunLayout, run_id: str, plan: list[str], echo: Callable[[str], None], promote: bool
+) -> RunReport:
     report = RunReport(
         run_id=run_id,
         workdir=str(layout.root),
@@ -151,7 +176,7 @@ def run_stages(
         "ingest": lambda: _ingest(cfg, layout),
         "embed": lambda: _embed(cfg, layout),
         "train": lambda: _train(cfg, layout),
-        "publish": lambda: _publish(cfg, layout, run_id),
+        "publish": lambda: _publish(cfg, layout, run_id, promote or "train" in report.outputs),
         "evaluate": lambda: _evaluate(cfg, layout),
     }
     name = plan[0].rstrip("?") if plan else ""

@@ -19,7 +19,7 @@ from genre_ray import schema
 from genre_ray.config import Config
 from genre_ray.layout import RunLayout
 from genre_ray.metrics import unit_rows
-from genre_ray.store import Filters, Store, sql_str
+from genre_ray.store import Filters, Store
 
 # How many candidates per requested result the re-rankers see; enough for MMR to find diverse neighbours.
 RERANK_POOL = 4
@@ -55,10 +55,9 @@ class Recommender:
         key = title_or_id.strip()
         rows = self.store.get([key])
         if rows.num_rows == 0:
-            where = f"lower(title) = {sql_str(key.lower())}"
-            rows = self.store.scan(["movie_id", "title", "votes", "vector"], where=where)
+            rows = self.store.by_title(key, ["movie_id", "title", "votes", "vector"])
         if rows.num_rows == 0:
-            titles = self.store.scan(["title"])["title"].to_pylist()
+            titles = self.store.titles_near(key)
             by_lower = {t.lower(): t for t in titles if t}
             close = difflib.get_close_matches(key.lower(), list(by_lower), n=5, cutoff=0.6)
             hint = "; close matches: " + ", ".join(repr(by_lower[c]) for c in close) if close else ""

@@ -12,6 +12,9 @@ from genre_ray.config import ConfigError
 
 log = logging.getLogger("jobs")
 
+# exit status when another writer holds the store (the CLI uses the same)
+LEASE_HELD = 3
+
 
 def build_parser(name: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"python -m jobs.{name}", description=description)
@@ -42,8 +45,14 @@ def execute(args: argparse.Namespace, stages: Sequence[str]) -> int:
     init_ray(cfg.ray)
     layout = RunLayout.of(cfg.workdir)
     log.info("stages %s, workdir %s", list(stages), layout.root)
+    from genre_ray.store import LeaseError
+
     try:
         report = run_stages(cfg, stages, echo=lambda line: log.info("%s", line))
+    except LeaseError as err:
+        # Another writer is on the store: not a failed run, and a distinct status for schedulers to retry on.
+        log.error("%s", err)
+        return LEASE_HELD
     finally:
         # The artifact a failed nightly is diagnosed from: point at it in the job log either way.
         log.info("run record: %s", layout.run_json)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from genre_ray.pipeline import nightly_plan
 from jobs._common import build_parser, execute
 
 
@@ -16,8 +17,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser("nightly", __doc__.splitlines()[0])
     parser.add_argument("--retrain", action="store_true", help="train a new model even if one is published")
     args = parser.parse_args(argv)
-    stages = ["ingest", "embed", "train", "publish"] if args.retrain else ["nightly"]
-    return execute(args, stages)
+    return execute(args, nightly_plan(args.retrain))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from genre_ray.embed import embeddings_uri
 from genre_ray.evaluate import (
     METHODS,
     Catalog,
-    ann_recall,
     drop_targets,
     evaluate,
     goal,
@@ -32,6 +31,7 @@ from genre_ray.evaluate import (
 )
 from genre_ray.layout import RunLayout
 from genre_ray.model import ClassifierSpec, GenreClassifier, save_classifier
+from genre_ray.store.recall import ann_recall
 
 EMB_DIM = 16
 
@@ -306,3 +306,23 @@ def test_evaluate_reads_the_published_tables(tmp_path: Path, ray_session):
     assert sum(a["rows"] for a in ann.values()) == 160
     assert all(a["indexed"] is False for a in ann.values())  # below store.index_min_rows: exact search
     assert "movies_en | 120 | no |" in (layout.reports_dir / "report.md").read_text()
+
+
+def test_evaluate_scores_the_split_the_model_was_trained_on(tmp_path: Path):
+    """--set seed=1 at evaluate time must not move the held-out movies: the model artifact records its split."""
+    from genre_ray.split import split_of
+
+    cfg, layout = make_run(tmp_path)
+    torch.manual_seed(0)
+    spec = ClassifierSpec(input_dim=EMB_DIM, num_genres=len(GENRES), hidden_dims=[16], spectrum_dim=8)
+    trained_on = {"seed": 0, "val_fraction": 0.2, "test_fraction": 0.2}
+    save_classifier(GenreClassifier(spec), spec, list(GENRES), layout.model_dir, split=trained_on)
+    other_seed = cfg.model_copy(update={"seed": 1})
+
+    evaluate(other_seed, layout)
+    metrics = json.loads((layout.reports_dir / "metrics.json").read_text())
+    assert metrics["split"] == trained_on
+    ids = catalog_table(160, seed=3)["movie_id"].to_pylist()
+    held_out = sum(split_of(m, 0, 0.2) == "test" for m in ids)
+    assert held_out != sum(split_of(m, 1, 0.2) == "test" for m in ids)  # the seeds do disagree on this catalog
+    assert metrics["catalog"]["held_out"] == held_out

@@ -231,7 +231,7 @@ def _published(store_dir: Path) -> tuple[str, set[str], int]:
 _KILLED_BEFORE_SWITCH = """
 import os, signal, sys
 import genre_ray.store
-genre_ray.store._commit = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+genre_ray.store.writer._commit = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
 from jobs.publish import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -121,8 +121,13 @@ def test_index_rule_and_flat_fallback(first_run):
     # index_min_rows=25: en (30 rows) gets IVF-PQ, the catch-all (10 rows) stays flat
     assert result.tables["movies_en"]["indexed"] and not result.tables["movies_other"]["indexed"]
     tables = Store(layout.store_dir).open_tables()
-    assert [ix.index_type for ix in tables["movies_en"].list_indices()] == ["IvfPq"]
-    assert list(tables["movies_other"].list_indices()) == []
+
+    def indexes(name: str) -> dict[str, str]:
+        return {",".join(ix.columns): ix.index_type for ix in tables[name].list_indices()}
+
+    # every served table: B-tree on movie_id and title_key (lookups); vector index only where large enough
+    assert indexes("movies_en") == {"movie_id": "BTree", "title_key": "BTree", "vector": "IvfPq"}
+    assert indexes("movies_other") == {"movie_id": "BTree", "title_key": "BTree"}
     assert "ivf-pq" in result.summary() and "flat" in result.summary()
 
 
@@ -199,7 +204,7 @@ def test_interrupted_run_leaves_readers_on_previous_version(ray_session, tmp_pat
     def killed(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("killed before the manifest switch")
 
-    monkeypatch.setattr(store, "_commit", killed)
+    monkeypatch.setattr(store.writer, "_commit", killed)
     with pytest.raises(RuntimeError, match="killed"):
         publish(cfg, layout, run_id="r2", embeddings=embeddings_for(night))
 
@@ -282,3 +287,21 @@ def test_ivf_pq_recall_against_exact_search(tmp_path):
         got = {int(i) for i in res.select(["movie_id"]).to_arrow()["movie_id"].to_pylist()}
         hits += len(got & set(truth.tolist()))
     assert hits / (len(queries) * k) >= 0.9
+
+
+def test_more_than_ten_partition_tables_publish_again(ray_session, tmp_path):
+    """LanceDB's deprecated table_names() pages at 10 names: a store with 12 tables must still republish."""
+    languages = [f"l{i:02d}" for i in range(12)]
+    rows = catalog_table(24).to_pylist()
+    for i, r in enumerate(rows):
+        r["language"] = languages[i % 12]
+    catalog = pa.Table.from_pylist(rows, schema=schema.CATALOG)
+    cfg, layout = make_run(tmp_path, catalog, min_partition_rows=2)
+    first = publish(cfg, layout, run_id="r1", embeddings=embeddings_for(catalog))
+    assert len(first.tables) == 12
+
+    night = edit_overview(catalog, {"1000", "1011"})
+    rewrite_catalog(layout, night)
+    second = publish(cfg, layout, run_id="r2", embeddings=embeddings_for(night))
+    assert second.published and second.upserted == 2 and len(second.tables) == 12
+    assert ids_in(Store(layout.store_dir)) == sorted(catalog["movie_id"].to_pylist())

@@ -1,0 +1,34 @@
+"""The served store: LanceDB tables per partition, manifest-based publish / rollback, one writer at a time.
+
+Modules, one job each: `partitions` (which table serves a movie; index parameters), `manifest` (what readers see;
+the publish history), `lease` (the single-writer lease), `reader` (Store: search and lookups), `writer` (publish),
+`maintenance` (compaction, retention, status), `models` (the store's copies of served models), `recall` (ANN
+recall of the served indexes).
+"""
+
+from genre_ray.store.errors import LeaseError, StoreError
+from genre_ray.store.lease import writer_lease
+from genre_ray.store.partitions import ivf_pq_params, partition_tables, route, table_name, table_names
+from genre_ray.store.reader import RESULT_COLUMNS, TITLE_KEY, VECTOR, Filters, Store, sql_in, sql_str, title_key
+from genre_ray.store.writer import PublishResult, publish
+
+__all__ = [
+    "RESULT_COLUMNS",
+    "TITLE_KEY",
+    "VECTOR",
+    "Filters",
+    "LeaseError",
+    "PublishResult",
+    "Store",
+    "StoreError",
+    "ivf_pq_params",
+    "partition_tables",
+    "publish",
+    "route",
+    "sql_in",
+    "sql_str",
+    "table_name",
+    "table_names",
+    "title_key",
+    "writer_lease",
+]

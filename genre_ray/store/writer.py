@@ -1,0 +1,423 @@
+"""Publish: bring the served tables up to date with a run's catalog, embeddings and model, then switch readers.
+
+Publish protocol (what readers see is always one consistent run; the caller holds the writer lease, lease.py):
+1. restore every published table to the version in the current manifest (undoes what an interrupted run wrote);
+2. diff the catalog against the published rows (content_hash, model_version, target table);
+3. infer only new / changed / moved movies (everything when the model version changed), reading only their
+   embeddings, and write them: full table writes go through `lance_ray.write_lance` (distributed fragment writes,
+   one commit), nightly changes through `merge_insert("movie_id")` + `delete`;
+4. index (IVF-PQ when large enough, flat otherwise; B-tree on movie_id and title_key), compact the touched tables,
+   record each table's new Lance version;
+5. atomically switch `manifest.json` (manifest.py); then prune what no kept publish references (maintenance.py).
+Readers open every table at the manifest's version (`checkout`), so they never see a half-written run, and
+rollback is just pointing `manifest.json` at an earlier entry of the history.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import lancedb
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+from lancedb.index import BTree, IvfPq
+
+from genre_ray import schema
+from genre_ray.catalog import read_catalog
+from genre_ray.config import Config, StoreConfig
+from genre_ray.layout import RunLayout
+from genre_ray.model import load_classifier
+from genre_ray.runtime import cluster_cpus, init_ray
+from genre_ray.spectrum import compute_spectrum
+from genre_ray.store import maintenance, models
+from genre_ray.store import manifest as manifests
+from genre_ray.store.errors import StoreError
+from genre_ray.store.partitions import ivf_pq_params, partition_tables, route, table_name, table_names
+from genre_ray.store.reader import TITLE_KEY, VECTOR, Store, sql_in
+
+log = logging.getLogger(__name__)
+
+# Above this many changed movies the embeddings are scanned whole instead of fetched by an IN (...) filter.
+DELTA_FILTER_MAX_IDS = 20_000
+PRIMARY_KEY_META = {b"lance-schema:unenforced-primary-key": b"true"}
+
+
+def served_schema(dim: int) -> pa.Schema:
+    """The served contract plus the lookup key, with movie_id marked as Lance's (unenforced) primary key:
+    merge_insert on a key without that metadata can write duplicate rows when commits race (lance#6018)."""
+    base = schema.served_schema(dim)
+    fields = [f.with_metadata(PRIMARY_KEY_META) if f.name == "movie_id" else f for f in base]
+    return pa.schema([*fields, pa.field(TITLE_KEY, pa.string())], metadata=base.metadata)
+
+
+def with_title_key(batch: pa.Table) -> pa.Table:
+    """title_key = the title lower-cased with whitespace collapsed (reader.title_key, vectorised)."""
+    key = pc.utf8_trim_whitespace(pc.replace_substring_regex(pc.utf8_lower(batch["title"]), r"\s+", " "))
+    if TITLE_KEY in batch.column_names:
+        return batch.set_column(batch.schema.get_field_index(TITLE_KEY), TITLE_KEY, key)
+    return batch.append_column(TITLE_KEY, key)
+
+
+@dataclass
+class PublishResult:
+    run_id: str
+    rows_total: int
+    upserted: int
+    deleted: int
+    unchanged: int
+    tables: dict[str, dict[str, Any]]
+    model_version: str
+    seconds: float
+    full_rebuild: bool = False
+    published: bool = True
+
+    def summary(self) -> str:
+        head = (
+            f"publish {self.run_id}: {self.rows_total} movies in {len(self.tables)} tables "
+            f"(upserted {self.upserted}, deleted {self.deleted}, unchanged {self.unchanged}"
+            f"{', full rebuild' if self.full_rebuild else ''}) model {self.model_version} in {self.seconds:.1f}s"
+        )
+        if not self.published:
+            head += " - nothing changed, manifest kept"
+        lines = [head]
+        for name, info in sorted(self.tables.items()):
+            kind = "ivf-pq" if info["indexed"] else "flat"
+            lines.append(f"  {name:<24} {info['rows']:>9} rows  {kind:<6}  version {info['version']}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class _Diff:
+    upsert: pa.Table  # catalog metadata + target table of movies to (re)infer
+    delete: dict[str, list[str]]  # table -> ids to remove from it (removed from catalog, or moved away)
+    unchanged: int
+    full: bool
+
+
+def _read_catalog(layout: RunLayout) -> pa.Table:
+    from genre_ray.spectrum import METADATA_COLUMNS
+
+    table = read_catalog(layout, METADATA_COLUMNS)
+    if pc.count_distinct(table["movie_id"]).as_py() != table.num_rows:
+        raise StoreError(f"{layout.movies}: movie_id is not unique; the catalog stage must deduplicate")
+    return table
+
+
+def _load_embeddings(layout: RunLayout, ids: pa.Array | None) -> ray.data.Dataset:
+    """The embed stage's output; only the rows of `ids` when given (a nightly delta), not every embedding."""
+    import lance_ray
+
+    from genre_ray.embed import embeddings_uri, load_embeddings  # helper stage: the store reads it only here
+
+    if ids is None or len(ids) > DELTA_FILTER_MAX_IDS:
+        return load_embeddings(layout)
+    columns = ["movie_id", "content_hash", "embedding"]
+    return lance_ray.read_lance(
+        str(embeddings_uri(layout)), columns=columns, filter=sql_in("movie_id", ids.to_pylist())
+    )
+
+
+def _published_state(store: Store) -> pa.Table:
+    """movie_id, content_hash, model_version, _table of everything published now."""
+    parts = []
+    for name, tbl in store.open_tables().items():
+        t = tbl.search().select(["movie_id", "content_hash", "model_version"]).limit(None).to_arrow()
+        parts.append(t.append_column("_table", pa.array([name] * t.num_rows, pa.string())))
+    if not parts:
+        return pa.table({"movie_id": [], "content_hash": [], "model_version": [], "_table": []})
+    return pa.concat_tables(parts)
+
+
+def _diff(catalog: pa.Table, published: pa.Table, model_version: str, full: bool) -> _Diff:
+    if full or published.num_rows == 0:
+        return _Diff(upsert=catalog, delete={}, unchanged=0, full=True)
+    cat = catalog.select(["movie_id", "content_hash", "_table"]).to_pandas()
+    pub = published.to_pandas()
+    m = cat.merge(pub, on="movie_id", how="outer", suffixes=("", "_pub"), indicator=True)
+    new = m["_merge"] == "left_only"
+    removed = m["_merge"] == "right_only"
+    both = m["_merge"] == "both"
+    stale = both & (
+        (m["content_hash"] != m["content_hash_pub"])
+        | (m["model_version"] != model_version)
+        | (m["_table"] != m["_table_pub"])
+    )
+    moved = both & (m["_table"] != m["_table_pub"])
+    delete: dict[str, list[str]] = {}
+    for table, ids in m.loc[removed | moved].groupby("_table_pub")["movie_id"]:
+        delete[str(table)] = sorted(ids)
+    upsert_ids = pa.array(m.loc[new | stale, "movie_id"].tolist(), pa.string())
+    upsert = catalog.filter(pc.is_in(catalog["movie_id"], value_set=upsert_ids))
+    return _Diff(upsert=upsert, delete=delete, unchanged=int((both & ~stale).sum()), full=False)
+
+
+def _spectrum_rows(
+    cfg: Config, model_dir: Any, embeddings: ray.data.Dataset, upsert: pa.Table
+) -> tuple[ray.data.Dataset, list[str]]:
+    """Materialised served rows for the movies in `upsert`, and the ids among them with no current embedding."""
+    actors = cfg.store.spectrum_actors or max(1, int(cluster_cpus() // 2))
+    rows = compute_spectrum(
+        embeddings,
+        upsert,
+        model_dir,
+        batch_size=cfg.store.spectrum_batch_size,
+        concurrency=actors,
+        num_cpus=cfg.store.spectrum_cpus,
+    ).materialize()
+    got: list[str] = []
+    for t in ray.get(list(rows.select_columns(["movie_id"]).to_arrow_refs())):
+        got += t.column("movie_id").to_pylist() if t.num_rows else []
+    missing = pc.filter(
+        upsert["movie_id"], pc.invert(pc.is_in(upsert["movie_id"], value_set=pa.array(got, pa.string())))
+    )
+    return rows, sorted(missing.to_pylist())
+
+
+def _rows_for(
+    rows: ray.data.Dataset, table: str, key: str, partitions: Mapping[str, str], catch_all: str, dim: int
+) -> ray.data.Dataset:
+    """The rows served from `table`: each batch is routed by its own partition-key column (no lookup against the
+    whole catalog per batch), and gets its title_key."""
+    target = served_schema(dim)
+
+    def keep(batch: pa.Table) -> pa.Table:
+        mine = batch.filter(pc.equal(route(batch[key], partitions, catch_all), table))
+        return with_title_key(mine).cast(target)
+
+    return rows.map_batches(keep, batch_format="pyarrow", num_cpus=0.25, zero_copy_batch=True)
+
+
+def _scalar_indexes(tbl: lancedb.table.Table) -> None:
+    """B-tree indexes on movie_id (lookups, merge_insert) and title_key (title resolution): created once, kept
+    current afterwards by optimize_indices like the vector index."""
+    have = {tuple(ix.columns) for ix in tbl.list_indices()}
+    for column in ("movie_id", TITLE_KEY):
+        if (column,) not in have:
+            tbl.create_index(column, config=BTree(), replace=True)
+
+
+def _index(tbl: lancedb.table.Table, cfg: StoreConfig, dim: int, full: bool) -> bool:
+    """IVF-PQ on tables large enough to train it; flat (exact) search below that. Returns whether indexed."""
+    n = tbl.count_rows()
+    has_index = any(ix.columns == [VECTOR] for ix in tbl.list_indices())
+    # Nightly deltas join the existing index partitions (scalar and vector) without retraining them.
+    tbl.to_lance().optimize.optimize_indices()
+    tbl.checkout_latest()
+    _scalar_indexes(tbl)
+    if n < cfg.index_min_rows:
+        log.info("table %s: %d rows < store.index_min_rows=%d, flat (exact) search", tbl.name, n, cfg.index_min_rows)
+        return has_index
+    if has_index and not full:
+        return True
+    partitions, sub_vectors = ivf_pq_params(n, dim)
+    log.info("table %s: IVF-PQ over %d rows, %d partitions, %d sub-vectors", tbl.name, n, partitions, sub_vectors)
+    tbl.create_index(
+        VECTOR,
+        config=IvfPq(distance_type="cosine", num_partitions=partitions, num_sub_vectors=sub_vectors),
+        replace=True,
+    )
+    return True
+
+
+def _restore_published(store: Store, manifest: Mapping[str, Any] | None) -> None:
+    """Undo whatever an interrupted run wrote after the last switch: tables back to their manifest versions."""
+    if manifest is None:
+        return
+    existing = table_names(store.db)
+    for name, info in manifest["tables"].items():
+        if name not in existing:
+            raise StoreError(f"published table {name} is missing from {store.dir}")
+        tbl = store.db.open_table(name)
+        if tbl.version != info["version"]:
+            log.warning("table %s is at version %d, published %d: restoring", name, tbl.version, info["version"])
+            tbl.restore(info["version"])
+
+
+def _lacks_title_key(store: Store, manifest: Mapping[str, Any]) -> bool:
+    """Tables published before title_key existed are rebuilt once, so every served table carries the column."""
+    return any(TITLE_KEY not in store.db.open_table(name).schema.names for name in manifest["tables"])
+
+
+def _served_model(cfg: Config, layout: RunLayout, store: Store, previous: Mapping[str, Any] | None, promote: bool):
+    """The model this publish serves. A rollback pins the manifest's model: unless this run trained a new one or
+    was told to --promote, model/ is re-exported from the store's copy of the pinned model first."""
+    loaded = load_classifier(layout.model_dir)
+    if previous is None or not previous.get("pinned") or promote:
+        return loaded, False
+    pinned = previous["model_version"]
+    if loaded.model_version != pinned:
+        log.warning(
+            "store is pinned to model %s by a rollback; model/ holds %s: re-exporting %s into model/ "
+            "(use --retrain or --promote to serve a different model)",
+            pinned,
+            loaded.model_version,
+            pinned,
+        )
+        models.restore_model(store.dir, pinned, layout.model_dir)
+        loaded = load_classifier(layout.model_dir)
+    return loaded, True
+
+
+def publish(
+    cfg: Config,
+    layout: RunLayout,
+    run_id: str | None = None,
+    *,
+    embeddings: ray.data.Dataset | pa.Table | None = None,
+    promote: bool = False,
+) -> PublishResult:
+    """Bring the store up to date with the catalog + embeddings + model in `layout`, then switch readers to it.
+
+    `embeddings` defaults to the embed stage's output; pass a Dataset/Table to publish other vectors. `promote`:
+    serve model/ even if a rollback pinned the store to an earlier model (a deliberate retrain sets it).
+    """
+    start = time.perf_counter()
+    init_ray(cfg.ray)
+    run_id = run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    store = Store(layout.store_dir)
+    previous = store.manifest()
+    _restore_published(store, previous)
+
+    loaded, pinned = _served_model(cfg, layout, store, previous, promote)
+    dim = loaded.model.spec.spectrum_dim
+    catalog = _read_catalog(layout)
+    key = cfg.store.partition_key
+    partitions = partition_tables(catalog[key], cfg.store)
+    catch_all = table_name(cfg.store.table_prefix, cfg.store.catch_all)
+    catalog = catalog.append_column("_table", route(catalog[key], partitions, catch_all))
+
+    full = (
+        previous is None
+        or previous["model_version"] != loaded.model_version
+        or previous["partition_key"] != key
+        or _lacks_title_key(store, previous)
+    )
+    diff = _diff(catalog, _published_state(store) if not full else pa.table({}), loaded.model_version, full)
+    deleted = sum(len(v) for v in diff.delete.values())
+    log.info(
+        "publish %s: %d to infer, %d to delete, %d unchanged%s",
+        run_id,
+        diff.upsert.num_rows,
+        deleted,
+        diff.unchanged,
+        " (full rebuild)" if diff.full else "",
+    )
+    if previous is not None and not diff.full and diff.upsert.num_rows == 0 and deleted == 0:
+        return PublishResult(
+            run_id=previous["run_id"],
+            rows_total=store.count(),
+            upserted=0,
+            deleted=0,
+            unchanged=diff.unchanged,
+            tables=previous["tables"],
+            model_version=loaded.model_version,
+            seconds=time.perf_counter() - start,
+            published=False,
+        )
+
+    if embeddings is None:
+        embeddings = _load_embeddings(layout, None if diff.full else diff.upsert["movie_id"].combine_chunks())
+    if isinstance(embeddings, pa.Table):
+        embeddings = ray.data.from_arrow(embeddings)
+    rows, missing = _spectrum_rows(cfg, layout.model_dir, embeddings, diff.upsert)
+    if missing:
+        raise StoreError(
+            f"{len(missing)} catalog movies have no embedding for their current content_hash "
+            f"(e.g. {missing[:5]}); run the embed stage first"
+        )
+
+    touched = _write(store, rows, diff, previous, (key, partitions, catch_all), dim)
+    tables: dict[str, dict[str, Any]] = {}
+    old_tables = previous["tables"] if previous and not diff.full else {}
+    for name in sorted(set(old_tables) | set(touched)):
+        tbl = store.db.open_table(name)
+        n = tbl.count_rows()
+        if n == 0:
+            continue  # every movie moved out or was removed: no longer published (the data stays for rollback)
+        if name in touched:
+            maintenance.compact(tbl)
+            indexed = _index(store.db.open_table(name), cfg.store, dim, diff.full)
+        else:
+            indexed = old_tables[name]["indexed"]
+        # Re-open: compaction and index maintenance commit through the Lance dataset rather than this handle.
+        tables[name] = {"rows": n, "indexed": indexed, "version": store.db.open_table(name).version}
+
+    models.keep_model(store.dir, layout.model_dir, loaded.model_version)
+    votes = pc.max(catalog["votes"]).as_py() or 0
+    manifest = {
+        "run_id": run_id,
+        "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "model_version": loaded.model_version,
+        # true after a rollback until a deliberate --retrain / --promote: the nightly keeps serving this model
+        "pinned": pinned,
+        "vocab": loaded.vocab,
+        "spectrum_dim": dim,
+        "partition_key": key,
+        "partitions": partitions,
+        "catch_all": catch_all,
+        "tables": tables,
+        "stats": {"rows": sum(t["rows"] for t in tables.values()), "max_log_votes": math.log1p(votes)},
+    }
+    _commit(store, manifest)
+    maintenance.retain(store, cfg.store.keep_publishes, layout)
+    return PublishResult(
+        run_id=run_id,
+        rows_total=manifest["stats"]["rows"],
+        upserted=diff.upsert.num_rows,
+        deleted=deleted,
+        unchanged=diff.unchanged,
+        tables=tables,
+        model_version=loaded.model_version,
+        seconds=time.perf_counter() - start,
+        full_rebuild=diff.full,
+    )
+
+
+def _commit(store: Store, manifest: dict[str, Any]) -> None:
+    manifests.record(store.dir, manifest)
+
+
+def _write(
+    store: Store,
+    rows: ray.data.Dataset,
+    diff: _Diff,
+    previous: Mapping[str, Any] | None,
+    routing: tuple[str, Mapping[str, str], str],
+    dim: int,
+) -> set[str]:
+    """Write served rows into their tables; returns the tables that got a new version."""
+    import lance_ray
+
+    published = set(previous["tables"]) if previous and not diff.full else set()
+    existing = table_names(store.db)
+    target_tables = set(pc.unique(diff.upsert["_table"]).to_pylist())
+    served = served_schema(dim)
+    touched: set[str] = set()
+
+    for table, ids in sorted(diff.delete.items()):
+        if table in published:
+            store.db.open_table(table).delete(sql_in("movie_id", ids))
+            touched.add(table)
+
+    for table in sorted(target_tables):
+        part = _rows_for(rows, table, *routing, dim)
+        if table in published:
+            # Nightly path: the delta is small, so it is collected and upserted in one merge_insert commit.
+            delta = pa.concat_tables([served.empty_table(), *ray.get(list(part.to_arrow_refs()))])
+            tbl = store.db.open_table(table)
+            tbl.merge_insert("movie_id").when_matched_update_all().when_not_matched_insert_all().execute(delta)
+        else:
+            # Full path: distributed fragment writes and one commit. "overwrite" also replaces a table left by
+            # an unpublished run or an older layout, as a new version (earlier versions stay for rollback).
+            mode = "overwrite" if table in existing else "create"
+            lance_ray.write_lance(part, str(store.dir / f"{table}.lance"), schema=served, mode=mode)
+        touched.add(table)
+    return touched
