@@ -35,6 +35,7 @@ from genre_ray import schema
 from genre_ray import split as splits
 from genre_ray.catalog import read_catalog
 from genre_ray.config import Config, TrainConfig
+from genre_ray.errors import PreconditionError
 from genre_ray.layout import RunLayout
 from genre_ray.mixup import mixup_batch
 from genre_ray.model import ClassifierSpec, GenreClassifier, save_classifier
@@ -102,6 +103,13 @@ def load_training_table(layout: RunLayout, embeddings: pa.Table | None = None) -
 
         embeddings = read_embeddings(layout)
     catalog = read_catalog(layout, ["movie_id", "genres", "no_genres"])
+    if catalog.num_rows == 0:
+        raise PreconditionError(
+            f"train: the catalog in {layout.movies} has no movies: run ingest on a catalog with usable rows "
+            "(catalog/accounting.json says what it kept)"
+        )
+    if pc.all(catalog["no_genres"]).as_py():
+        raise _no_labels(catalog.num_rows)
     catalog = catalog.filter(pc.invert(catalog["no_genres"]))
     row_of = {m: i for i, m in enumerate(embeddings["movie_id"].to_pylist())}
     ids = catalog["movie_id"].to_pylist()
@@ -115,20 +123,50 @@ def load_training_table(layout: RunLayout, embeddings: pa.Table | None = None) -
     )
 
 
+def _no_labels(n_movies: int) -> PreconditionError:
+    return PreconditionError(
+        f"train: none of the {n_movies} catalog movies has genres, so there is nothing to learn: give the catalog "
+        "a genres column (mapped adapter: catalog.columns.genres, catalog.genre_separator) and run ingest and "
+        "embed again"
+    )
+
+
 def prepare_data(table: pa.Table, cfg: Config) -> LabeledData:
-    """Split by movie id, learn the vocabulary from the training split, encode multi-hot labels."""
+    """Split by movie id, learn the vocabulary from the training split, encode multi-hot labels.
+
+    Raises PreconditionError, saying what to fix, when the table cannot train a classifier.
+    """
     genres = table["genres"].to_pylist()
-    labelled = np.array([bool(g) for g in genres])
+    labelled = np.array([bool(g) for g in genres], dtype=bool)
+    if not genres:
+        raise PreconditionError(
+            "train: no catalog movie has an embedding: run ingest on a catalog with usable rows, then embed "
+            "(catalog/accounting.json says what ingest kept)"
+        )
+    if not labelled.any():
+        raise _no_labels(len(genres))
     table = table.filter(pa.array(labelled))
     genres = [g for g, keep in zip(genres, labelled, strict=True) if keep]
     ids = table["movie_id"].to_pylist()
     part = np.array(splits.assign(ids, cfg.seed, cfg.train.val_fraction))
+    n_train, n_val = int((part == "train").sum()), int((part == "val").sum())
+    if n_train == 0 or n_val == 0:
+        raise PreconditionError(
+            f"train: {len(ids)} labelled movies split into {n_train} train / {n_val} val / "
+            f"{len(ids) - n_train - n_val} test; training needs at least one in train and in val "
+            f"(train.val_fraction={cfg.train.val_fraction:g}): add labelled movies to the catalog"
+        )
     counts = Counter(g for gs, p in zip(genres, part, strict=True) if p == "train" for g in set(gs))
-    n_train = int((part == "train").sum())
     min_count = max(cfg.train.min_genre_count, math.ceil(cfg.train.min_genre_fraction * n_train))
     vocab = sorted(g for g, c in counts.items() if c >= min_count)
-    if not vocab:
-        raise ValueError(f"no genre has {min_count} or more training movies: nothing to learn")
+    if len(vocab) < 2:
+        found = ", ".join(f"{g} ({c})" for g, c in counts.most_common(5)) or "none"
+        raise PreconditionError(
+            f"train: {len(vocab)} genre(s) with at least {min_count} of the {n_train} training movies "
+            f"(most frequent: {found}); a genre spectrum needs two or more. Check the genres column and "
+            "catalog.genre_separator (one compound name per film, e.g. 'Action/Comedy', needs the separator), "
+            "or lower train.min_genre_fraction / train.min_genre_count"
+        )
     index = {g: i for i, g in enumerate(vocab)}
     y = np.zeros((len(ids), len(vocab)), np.float32)
     for row, gs in enumerate(genres):
