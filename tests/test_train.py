@@ -12,6 +12,7 @@ import pytest
 from factories import GENRES, catalog_table, clustered_embeddings, write_catalog
 
 from genre_ray.config import Config
+from genre_ray.errors import PreconditionError
 from genre_ray.layout import RunLayout
 from genre_ray.model import load_classifier
 from genre_ray.train import (
@@ -115,7 +116,8 @@ def test_worker_plan_leaves_cpu_for_the_data_pipeline(ray_session) -> None:
 
 def test_rare_genres_stay_out_of_the_vocabulary() -> None:
     ids = [str(i) for i in range(400)]
-    genres = [["Drama"] if i % 50 else ["Drama", "TV Movie"] for i in range(400)]  # 8 TV movies in 400
+    # 8 TV movies in 400; every other movie is a comedy too
+    genres = [["Drama"] + (["Comedy"] if i % 2 else []) + ([] if i % 50 else ["TV Movie"]) for i in range(400)]
     matrix = np.zeros((400, 4), np.float32)
     table = pa.table(
         {
@@ -125,10 +127,14 @@ def test_rare_genres_stay_out_of_the_vocabulary() -> None:
         }
     )
     keep_all = Config.model_validate({"train": {"min_genre_fraction": 0.0}})
-    assert prepare_data(table, keep_all).vocab == ["Drama", "TV Movie"]
+    assert prepare_data(table, keep_all).vocab == ["Comedy", "Drama", "TV Movie"]
     # 1% of ~256 training movies is 3 and the ~5 training TV movies pass; 5% (13) drops them
-    assert prepare_data(table, Config()).vocab == ["Drama", "TV Movie"]
+    assert prepare_data(table, Config()).vocab == ["Comedy", "Drama", "TV Movie"]
     strict = Config.model_validate({"train": {"min_genre_fraction": 0.05}})
     data = prepare_data(table, strict)
-    assert data.vocab == ["Drama"]
-    assert data.y.shape == (400, 1)  # the TV movies stay in training, labelled with the genres that remain
+    assert data.vocab == ["Comedy", "Drama"]
+    assert data.y.shape == (400, 2)  # the TV movies stay in training, labelled with the genres that remain
+    # a one-genre vocabulary cannot make a spectrum: a message saying what to change, not a degenerate model
+    only_drama = table.set_column(1, "genres", pa.array([["Drama"]] * 400, pa.list_(pa.string())))
+    with pytest.raises(PreconditionError, match=r"1 genre\(s\) with at least 3 of the \d+ training movies"):
+        prepare_data(only_drama, Config())
