@@ -158,7 +158,11 @@ def _rows_and_note(stage: str, result: dict[str, Any]) -> tuple[int, str]:
     r = result.get("result") or {}
     if stage == "ingest":
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(r.get("rejects_by_reason", {}).items()))
-        return r.get("rows_in", 0), f"{r.get('rows_ok', 0)} ok, {r.get('rows_rejected', 0)} rejected ({reasons})"
+        warned = ", ".join(f"{k}: {v}" for k, v in sorted(r.get("field_warnings_by_reason", {}).items()))
+        return r.get("rows_in", 0), (
+            f"{r.get('rows_ok', 0)} ok, {r.get('rows_rejected', 0)} rejected ({reasons}); "
+            f"{r.get('field_warnings', 0)} field warnings ({warned})"
+        )
     if stage == "embed":
         plan = r.get("plan") or {}
         actors = f"{plan.get('num_actors', 0)} x {plan.get('device', '-')} actor" if plan else "no actors"
@@ -339,6 +343,12 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(args.config, overrides)
     init_ray(cfg.ray)
     nights = [run_night("1 (full)", cfg)]
+    ingested = nights[0].results.get("ingest", {}).get("result") or {}
+    exact = (ingested.get("rejects_by_reason"), ingested.get("field_warnings_by_reason")) == (
+        catalog.expected_rejects,
+        catalog.expected_field_warnings,
+    )
+    print(f"night 1 ingest accounting is exactly the injected defects: {'yes' if exact else 'NO'}")
 
     table, n_changed, n_removed = next_night(catalog.table, args.changed, args.removed, args.seed)
     pacsv.write_csv(table, source)

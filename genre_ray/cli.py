@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -96,11 +98,58 @@ def _print_sample(cfg: Config) -> None:
     print(format_results(results))
 
 
-def _years(text: str | None) -> tuple[int, int] | None:
-    if not text:
-        return None
-    lo, _, hi = text.partition("-")
-    return (int(lo) if lo else 0, int(hi) if hi else 9999)
+# ---- query arguments: argparse `type=` validators, so a bad value exits 2 with "argument --x: ..." and usage ----
+
+_YEARS = re.compile(r"(?P<lo>\d{1,4})?\s*-\s*(?P<hi>\d{1,4})?|(?P<one>\d{1,4})")
+
+
+def year_range(text: str) -> tuple[int | None, int | None]:
+    """'1990-1999', '2000-', '-1999' or '1995' -> inclusive (lo, hi); None is an open end."""
+    m = _YEARS.fullmatch(text.strip())
+    if m is None or not any(m.groups()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a year range: use 1990-1999, 2000-, -1999 or 1995")
+    if m["one"]:
+        return int(m["one"]), int(m["one"])
+    lo, hi = (int(m[g]) if m[g] else None for g in ("lo", "hi"))
+    if lo is not None and hi is not None and lo > hi:
+        raise argparse.ArgumentTypeError(f"{text!r}: the first year is after the second")
+    return lo, hi
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 1 or more")
+    return value
+
+
+def unit_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r}: must be between 0 and 1")
+    return value
+
+
+def weight_list(text: str) -> list[float]:
+    """'5,4,4.5' -> [5.0, 4.0, 4.5]: finite, non-negative, not all zero."""
+    weights = []
+    for item in _ids(text):
+        try:
+            w = float(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r} is not a number (give e.g. 5,4,4.5)") from None
+        if not math.isfinite(w) or w < 0:
+            raise argparse.ArgumentTypeError(f"{item!r}: weights must be finite and 0 or more")
+        weights.append(w)
+    if not weights or not any(weights):
+        raise argparse.ArgumentTypeError(f"{text!r}: give at least one weight above 0")
+    return weights
 
 
 def _ids(text: str | None) -> list[str]:
@@ -108,19 +157,19 @@ def _ids(text: str | None) -> list[str]:
 
 
 def _add_query_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--k", type=int, default=None, help="how many results (default: recommend.k)")
+    p.add_argument("--k", type=positive_int, default=None, help="how many results (default: recommend.k)")
     p.add_argument("--language", help="only this original language, e.g. en")
-    p.add_argument("--years", help="year range, e.g. 1990-1999 or 2000-")
+    p.add_argument("--years", type=year_range, help="year range, e.g. 1990-1999, 2000-, -1999 or 1995")
     p.add_argument("--exclude", help="comma-separated movie ids to leave out")
-    p.add_argument("--popularity-weight", type=float, default=None, help="blend with a popularity prior, 0..1")
-    p.add_argument("--mmr", type=float, default=None, help="MMR diversity lambda, 0..1 (1 = pure relevance)")
+    p.add_argument("--popularity-weight", type=unit_interval, default=None, help="blend with a popularity prior, 0..1")
+    p.add_argument("--mmr", type=unit_interval, default=None, help="MMR diversity lambda, 0..1 (1 = pure relevance)")
 
 
 def _query_kwargs(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "k": args.k or cfg.recommend.k,
         "language": args.language,
-        "year_range": _years(args.years),
+        "year_range": args.years,
         "exclude_ids": _ids(args.exclude),
         "popularity_weight": args.popularity_weight,
         "mmr_lambda": args.mmr,
@@ -139,9 +188,13 @@ def _for_user(cfg: Config, args: argparse.Namespace) -> int:
     from genre_ray.recommend import Recommender, format_results
 
     history = _ids(args.history)
-    weights = [float(w) for w in _ids(args.weights)] or None
+    if not history:
+        print("error: --history: give at least one movie id or title", file=sys.stderr)
+        return 2
+    weights = args.weights
     if weights is not None and len(weights) != len(history):
-        raise SystemExit(f"--weights has {len(weights)} values for {len(history)} --history ids")
+        print(f"error: --weights has {len(weights)} values for {len(history)} --history ids", file=sys.stderr)
+        return 2
     rec = Recommender(cfg, RunLayout.of(cfg.workdir))
     print(format_results(rec.for_user(history, weights, **_query_kwargs(cfg, args))))
     return 0
@@ -225,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("for-user", "recommendations for a viewer's history", _for_user)
     p.add_argument("--history", required=True, help="comma-separated movie ids the viewer watched / liked")
-    p.add_argument("--weights", help="comma-separated weights, one per history id (e.g. ratings)")
+    p.add_argument("--weights", type=weight_list, help="comma-separated weights, one per history id (e.g. ratings)")
     _add_query_args(p)
 
     p = command("rollback", "point readers back at a previous publish (and pin its model)", _rollback)
@@ -249,7 +302,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from genre_ray.catalog import CatalogError
+    from genre_ray.errors import PreconditionError
     from genre_ray.model import ModelError
+    from genre_ray.recommend import BadQuery
     from genre_ray.store import LeaseError, StoreError
     from genre_ray.text import TemplateError
 
@@ -259,7 +314,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Another writer is on the store: nothing failed, so a status of its own that a scheduler can retry on.
         print(f"error: {err}", file=sys.stderr)
         return LEASE_HELD
-    except (LookupError, CatalogError, StoreError, TemplateError, ModelError) as err:
+    except BadQuery as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (LookupError, CatalogError, StoreError, TemplateError, ModelError, PreconditionError) as err:
         # Problems with the input or the run's state, not bugs: a message, not a traceback.
         print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
         return 1

@@ -35,8 +35,16 @@ class CatalogConfig(Section):
     adapter: Literal["auto", "tmdb", "movielens", "normalised", "mapped"] = "auto"
     # normalised field -> source column, for the "mapped" adapter
     columns: dict[str, str] = Field(default_factory=dict)
-    # pipe, JSON list or comma: how the mapped adapter splits its genres column
-    genre_separator: str = "|"
+    # how the mapped adapter splits its genres column: one separator, a list of them (any of them splits, e.g.
+    # ["/", "|", ","]), or "json" for JSON lists
+    genre_separator: str | list[str] = "|"
+    # strptime format that every year/date value must have (e.g. "%d %B %Y"); None: any common date form
+    date_format: str | None = None
+    # false: an optional field that does not parse is left empty and recorded as a warning (catalog/warnings.parquet);
+    # true: it rejects the whole row. A bad or missing id or title always rejects the row.
+    strict: bool = False
+    # the run stops after ingest, publishing nothing, when more than this share of rows is rejected (or none is usable)
+    max_reject_fraction: float = Field(0.2, ge=0.0, le=1.0)
     max_overview_chars: int = Field(20_000, gt=0)
     max_title_chars: int = Field(1_000, gt=0)
 

@@ -50,6 +50,11 @@ class RunLayout:
         return self.catalog_dir / "rejects.parquet"
 
     @property
+    def field_warnings(self) -> Path:
+        """Kept rows whose optional fields did not parse: one row per (source row, field), schema.WARNINGS."""
+        return self.catalog_dir / "warnings.parquet"
+
+    @property
     def accounting(self) -> Path:
         return self.catalog_dir / "accounting.json"
 

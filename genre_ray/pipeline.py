@@ -203,11 +203,22 @@ def _run_plan(
         report.failed_stage = name
         report.error = "".join(traceback.format_exception_only(type(err), err)).strip()
         report.traceback = traceback.format_exc()
+        _record_partial(report, name, err)
         raise
     finally:
         report.finished_at = datetime.now(UTC).isoformat()
         report.write(layout)
     return report
+
+
+def _record_partial(report: RunReport, stage: str, err: BaseException) -> None:
+    """A stage that refused its input (ingest: catalog unusable) still records what it counted, for diagnosis."""
+    partial = getattr(err, "result", None)
+    if partial is None:
+        return
+    report.outputs[stage] = partial
+    report.results[stage] = {"status": "failed", "result": _jsonable(partial)}
+    report.ledger = _ledger(report.outputs)
 
 
 def _ledger(outputs: dict[str, Any]) -> dict[str, Any]:

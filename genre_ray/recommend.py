@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,10 @@ SPECTRUM_TOP = 3
 
 class MovieNotFound(LookupError):
     pass
+
+
+class BadQuery(ValueError):
+    """A query argument the store cannot answer (e.g. a language it has no movie in); the message lists options."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,8 @@ class Recommender:
         rerank = pw > 0 or lam is not None
         hits = self.store.search(vector, k * RERANK_POOL if rerank else k, filters, with_vectors=lam is not None)
         if hits.num_rows == 0:
+            if filters.language is not None:
+                self._check_language(filters.language)
             return []
         scores = 1.0 - hits["_distance"].to_numpy(zero_copy_only=False).astype(np.float64)
         if pw > 0:
@@ -131,6 +138,14 @@ class Recommender:
             order = list(np.argsort(-scores, kind="stable")[:k])
         rows = hits.to_pylist()
         return [self._result(rows[i], float(scores[i])) for i in order]
+
+    def _check_language(self, language: str) -> None:
+        # Only after an empty result: a typo ("eng") and "no match in this year range" look the same otherwise.
+        counts = Counter(self.store.scan(["language"])["language"].to_pylist())
+        if counts.get(language):
+            return
+        known = ", ".join(f"{lang} ({n})" for lang, n in counts.most_common() if lang)
+        raise BadQuery(f"--language {language!r}: no movie in the store has it; languages (movies): {known}")
 
     def _result(self, row: dict, score: float) -> Recommendation:
         probs = row.get("genre_probs") or []

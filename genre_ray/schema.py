@@ -48,6 +48,18 @@ REJECTS = pa.schema(
     ]
 )
 
+# Optional fields that did not parse; their rows are in the catalog with the field empty.
+WARNINGS = pa.schema(
+    [
+        pa.field("source_file", pa.string(), nullable=False),
+        pa.field("source_row", pa.int64(), nullable=False),
+        pa.field("movie_id", pa.string(), nullable=False),
+        pa.field("field", pa.string(), nullable=False),  # the source column
+        pa.field("value", pa.string()),  # the value as found (truncated), JSON for non-text values
+        pa.field("reason", pa.string(), nullable=False),
+    ]
+)
+
 
 def embeddings_schema(dim: int) -> pa.Schema:
     return pa.schema(

@@ -15,6 +15,7 @@ year) and reports how many of each, so a bench can check the rejects accounting 
 from __future__ import annotations
 
 import argparse
+import calendar
 import json
 import re
 from collections import Counter
@@ -33,6 +34,10 @@ from genre_ray.config import DEFAULT_CATALOG
 ID_OFFSET = 10_000_000
 # Kinds of injected bad rows, each a distinct reason the ingest stage must reject (or flag) a row for.
 BAD_KINDS = ("missing_title", "malformed_genres", "duplicate_id", "bad_year")
+# What ingest (default, non-strict) must report for each kind, as keyed in accounting.json: the rows without a title
+# or with a repeated id are rejected; the others are kept with the bad optional field left empty and a warning.
+REJECTED_AS = {"missing_title": "title: missing title", "duplicate_id": "id: duplicate id"}
+WARNED_AS = {"malformed_genres": "genres: not valid JSON", "bad_year": "release_date: not a date"}
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'])")
 
 
@@ -45,7 +50,23 @@ class SyntheticCatalog:
 
     @property
     def clean_rows(self) -> int:
+        """Rows without any injected defect."""
         return self.table.num_rows - sum(self.bad.values())
+
+    @property
+    def expected_rejects(self) -> dict[str, int]:
+        """accounting.json `rejects_by_reason` that ingest must report: exactly the injected unusable rows."""
+        return {REJECTED_AS[k]: n for k, n in sorted(self.bad.items()) if k in REJECTED_AS}
+
+    @property
+    def expected_field_warnings(self) -> dict[str, int]:
+        """accounting.json `field_warnings_by_reason`: exactly the injected bad optional fields."""
+        return {WARNED_AS[k]: n for k, n in sorted(self.bad.items()) if k in WARNED_AS}
+
+    @property
+    def kept_rows(self) -> int:
+        """Rows ingest keeps: the clean ones plus those with only a bad optional field."""
+        return self.table.num_rows - sum(self.expected_rejects.values())
 
 
 def _genre_names(raw: str) -> list[str]:
@@ -103,7 +124,7 @@ def synthesize(
 
     years = pd.to_datetime(t["release_date"], format="%m/%d/%Y", errors="coerce")
     shifted = (years.dt.year + rng.integers(-3, 4, size=n)).clip(upper=2025)
-    release = [None if pd.isna(d) else f"{d.month}/{d.day}/{int(y)}" for d, y in zip(years, shifted, strict=True)]
+    release = [None if pd.isna(d) else _release_date(d, int(y)) for d, y in zip(years, shifted, strict=True)]
     noise = rng.lognormal(0.0, 0.25, size=n)
     titles = [
         " ".join(rng.choice(title_words, size=int(rng.integers(1, 4)))) + f" {i}" for i in range(n)
@@ -134,6 +155,13 @@ def synthesize(
     )
     bad = _inject_bad_rows(out, rng, bad_fraction)
     return SyntheticCatalog(pa.Table.from_pandas(out, preserve_index=False), seed=seed, bad=bad)
+
+
+def _release_date(template: pd.Timestamp, year: int) -> str:
+    """The template's month and day in the shifted year, as M/D/YYYY (TMDB's format)."""
+    # Feb 29 shifted to a common year is no date at all: it was ingested as an extra, uninjected defect.
+    day = 28 if (template.month, template.day) == (2, 29) and not calendar.isleap(year) else template.day
+    return f"{template.month}/{day}/{year}"
 
 
 def _inject_bad_rows(df: pd.DataFrame, rng: np.random.Generator, fraction: float) -> dict[str, int]:
@@ -179,7 +207,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     catalog = synthesize(args.n, args.seed, args.source, args.bad_fraction)
     path = write(catalog, args.out)
-    print(f"{path}: {catalog.table.num_rows} rows ({catalog.clean_rows} clean, bad: {catalog.bad or 'none'})")
+    print(
+        f"{path}: {catalog.table.num_rows} rows ({catalog.clean_rows} clean, bad: {catalog.bad or 'none'}); "
+        f"ingest must keep {catalog.kept_rows}, reject {catalog.expected_rejects or 'none'}, "
+        f"warn {catalog.expected_field_warnings or 'none'}"
+    )
 
 
 if __name__ == "__main__":

@@ -45,6 +45,8 @@ def execute(args: argparse.Namespace, stages: Sequence[str]) -> int:
     init_ray(cfg.ray)
     layout = RunLayout.of(cfg.workdir)
     log.info("stages %s, workdir %s", list(stages), layout.root)
+    from genre_ray.catalog import CatalogError
+    from genre_ray.errors import PreconditionError
     from genre_ray.store import LeaseError
 
     try:
@@ -53,6 +55,10 @@ def execute(args: argparse.Namespace, stages: Sequence[str]) -> int:
         # Another writer is on the store: not a failed run, and a distinct status for schedulers to retry on.
         log.error("%s", err)
         return LEASE_HELD
+    except (CatalogError, PreconditionError) as err:
+        # Unusable input (e.g. a catalog with too many rejects), not a bug: the message says what to fix.
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     finally:
         # The artifact a failed nightly is diagnosed from: point at it in the job log either way.
         log.info("run record: %s", layout.run_json)

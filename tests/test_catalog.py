@@ -19,6 +19,7 @@ from genre_ray.catalog import (
     ingest,
     load_catalog,
     read_catalog,
+    read_field_warnings,
     read_rejects,
     stage,
 )
@@ -35,6 +36,8 @@ MOVIELENS = REPO_ROOT / "data" / "movielens-latest-small" / "movies.csv"
 def run(tmp_path: Path, paths: list[str | Path], **catalog: object) -> tuple[IngestResult, pa.Table, pa.Table]:
     cfg = Config(workdir=str(tmp_path / "run"))
     cfg.catalog.paths = [str(p) for p in paths]
+    # These fixtures are mostly defects on purpose; the reject-fraction gate has its own tests.
+    cfg.catalog.max_reject_fraction = 1.0
     for key, value in catalog.items():
         setattr(cfg.catalog, key, value)
     layout = RunLayout.of(cfg.workdir)
@@ -129,9 +132,71 @@ def test_movielens_full_file_accounting(ray_session, tmp_path):
     assert (series["title"], series["year"]) == ("Death Note: Desu nôto", 2006)
 
 
-def test_malformed_csv_rejects_exactly(ray_session, tmp_path):
+def test_malformed_csv_rejects_only_unusable_rows_and_warns_about_bad_optional_fields(ray_session, tmp_path):
     malformed, empty = DATA / "malformed_tmdb.csv", DATA / "empty.csv"
     result, movies, rejects = run(tmp_path, [malformed, empty])
+    got = {(r["source_row"], r["field"], r["movie_id"]): r["reason"] for r in rejects.to_pylist()}
+    expected = {
+        (3, None, None): "bad CSV quoting: ',' expected after '\"'",
+        (6, "title", "105"): "title: not valid UTF-8: byte 0xe9 at character 3",
+        (7, "id", None): "missing id",
+        (8, "id", "101"): f"duplicate id 101: kept {malformed} row 2",
+        (11, "title", "109"): "missing title",
+        (17, None, None): "wrong number of CSV fields: expected 13, got 14",
+    }
+    assert got.keys() == expected.keys()
+    for key, reason in expected.items():
+        assert reason in got[key], (key, got[key])
+    assert set(rejects["source_file"].to_pylist()) == {str(malformed)}
+    assert "Caf\\xe9 Latin" in rejects.filter(pa.compute.equal(rejects["source_row"], 6))["raw"][0].as_py()
+
+    # A bad optional field costs the field, not the movie: kept, the field empty, one warning naming row and value.
+    warnings = read_field_warnings(RunLayout.of(tmp_path / "run"))
+    assert warnings.schema.equals(schema.WARNINGS)
+    got_w = {(r["source_row"], r["field"], r["movie_id"]): (r["value"], r["reason"]) for r in warnings.to_pylist()}
+    assert set(got_w) == {
+        (5, "genres", "104"),
+        (9, "vote_count", "107"),
+        (10, "overview", "108"),
+        (12, "release_date", "110"),
+    }
+    assert got_w[(9, "vote_count", "107")] == ("abc", "votes: not an integer: 'abc'")
+    value, reason = got_w[(12, "release_date", "110")]
+    assert value == "1/1/3020" and reason.startswith("year: impossible year: 3020 (allowed 1870..")
+    assert got_w[(10, "overview", "108")][1] == (
+        "overview: overview has 25,000 characters, over catalog.max_overview_chars=20,000"
+    )
+    ok = by_id(movies)
+    assert (ok["104"]["genres"], ok["104"]["no_genres"]) == ([], True)
+    assert ok["107"]["votes"] is None and ok["110"]["year"] is None
+    assert (ok["108"]["overview"], ok["108"]["no_overview"]) == (None, True)
+
+    # The unclosed quote on line 3 did not swallow line 4; the multi-line record keeps its start line.
+    assert movies["source_row"].to_pylist() == [2, 4, 5, 9, 10, 12, 13, 14, 16]
+    assert ok["112"]["overview"] == "Line one\nline two, still the overview."
+    incomplete = ok["111"]
+    assert incomplete["no_overview"] and incomplete["no_genres"]
+    assert (incomplete["year"], incomplete["rating"], incomplete["runtime"]) == (None, None, None)
+
+    assert (result.rows_in, result.rows_ok, result.rows_rejected) == (15, 9, 6)
+    assert result.flagged == {"no_overview": 2, "no_genres": 5}
+    assert (result.field_warnings, result.rows_with_field_warnings) == (4, 4)
+    assert result.field_warnings_by_reason == {
+        "genres: not valid JSON": 1,
+        "overview: overview too long": 1,
+        "release_date: impossible year": 1,
+        "vote_count: not an integer": 1,
+    }
+    accounting = json.loads(RunLayout.of(tmp_path / "run").accounting.read_text())
+    assert accounting["field_warnings"] == 4 and accounting["field_warnings_by_reason"]["genres: not valid JSON"] == 1
+    assert result.per_file[str(empty)]["rows_in"] == 0
+    assert result.warnings == [f"{empty}: empty file, 0 rows"]
+    assert result.rejects_by_reason["id: duplicate id"] == 1 and sum(result.rejects_by_reason.values()) == 6
+
+
+def test_strict_mode_rejects_rows_with_any_bad_field(ray_session, tmp_path):
+    malformed = DATA / "malformed_tmdb.csv"
+    result, movies, rejects = run(tmp_path, [malformed], strict=True)
     got = {(r["source_row"], r["field"], r["movie_id"]): r["reason"] for r in rejects.to_pylist()}
     expected = {
         (3, None, None): "bad CSV quoting: ',' expected after '\"'",
@@ -148,21 +213,9 @@ def test_malformed_csv_rejects_exactly(ray_session, tmp_path):
     assert got.keys() == expected.keys()
     for key, reason in expected.items():
         assert reason in got[key], (key, got[key])
-    assert set(rejects["source_file"].to_pylist()) == {str(malformed)}
-    assert "Caf\\xe9 Latin" in rejects.filter(pa.compute.equal(rejects["source_row"], 6))["raw"][0].as_py()
-
-    # The unclosed quote on line 3 did not swallow line 4; the multi-line record keeps its start line.
     assert movies["source_row"].to_pylist() == [2, 4, 13, 14, 16]
-    assert by_id(movies)["112"]["overview"] == "Line one\nline two, still the overview."
-    incomplete = by_id(movies)["111"]
-    assert incomplete["no_overview"] and incomplete["no_genres"]
-    assert (incomplete["year"], incomplete["rating"], incomplete["runtime"]) == (None, None, None)
-
-    assert (result.rows_in, result.rows_ok, result.rows_rejected) == (15, 5, 10)
-    assert result.flagged == {"no_overview": 1, "no_genres": 1}
-    assert result.per_file[str(empty)]["rows_in"] == 0
-    assert result.warnings == [f"{empty}: empty file, 0 rows"]
-    assert result.rejects_by_reason["id: duplicate id"] == 1 and sum(result.rejects_by_reason.values()) == 10
+    assert (result.rows_in, result.rows_ok, result.rows_rejected, result.field_warnings) == (15, 5, 10, 0)
+    assert read_field_warnings(RunLayout.of(tmp_path / "run")).num_rows == 0
 
 
 def test_jsonl_and_parquet_inputs(ray_session, tmp_path):
@@ -175,24 +228,28 @@ def test_jsonl_and_parquet_inputs(ray_session, tmp_path):
     result, movies, rejects = run(tmp_path, [DATA / "normalised.jsonl", parquet])
 
     got = {(Path(r["source_file"]).name, r["source_row"], r["field"]): r["reason"] for r in rejects.to_pylist()}
-    assert got.keys() == {
-        ("normalised.jsonl", 2, None),
-        ("normalised.jsonl", 5, None),
+    assert got == {
+        ("normalised.jsonl", 2, None): got[("normalised.jsonl", 2, None)],
+        ("normalised.jsonl", 5, None): "not a JSON object: list",
+    }
+    assert got[("normalised.jsonl", 2, None)].startswith("invalid JSON")
+    warnings = read_field_warnings(RunLayout.of(tmp_path / "run"))
+    got_w = {(Path(r["source_file"]).name, r["source_row"], r["field"]): r["reason"] for r in warnings.to_pylist()}
+    assert got_w.keys() == {
         ("normalised.jsonl", 6, "rating"),
         ("normalised.jsonl", 7, "overview"),
         ("part.parquet", 1, "votes"),  # Parquet rows are 0-based indexes
     }
-    assert got[("normalised.jsonl", 2, None)].startswith("invalid JSON")
-    assert got[("normalised.jsonl", 5, None)] == "not a JSON object: list"
-    assert got[("normalised.jsonl", 6, "rating")] == "rating: not a number: 'high'"
-    assert got[("normalised.jsonl", 7, "overview")].startswith("overview: not valid UTF-8: byte 0xe9")
-    assert got[("part.parquet", 1, "votes")] == "votes: not an integer: 'many'"
+    assert got_w[("normalised.jsonl", 6, "rating")] == "rating: not a number: 'high'"
+    assert got_w[("normalised.jsonl", 7, "overview")].startswith("overview: not valid UTF-8: byte 0xe9")
+    assert got_w[("part.parquet", 1, "votes")] == "votes: not an integer: 'many'"
 
     ok = by_id(movies)
     assert (ok["n1"]["language"], ok["n1"]["genres"], ok["n1"]["votes"]) == ("en", ["Comedy", "Drama"], 12)
     assert (ok["n3"]["genres"], ok["n3"]["year"], ok["n3"]["no_overview"]) == (["Horror", "Thriller"], 1999, True)
     assert (ok["p1"]["votes"], ok["p1"]["source_row"]) == (7, 0)
-    assert (result.rows_in, result.rows_ok, result.rows_rejected) == (8, 3, 5)
+    assert (ok["n4"]["rating"], ok["n5"]["overview"], ok["p2"]["votes"]) == (None, None, None)
+    assert (result.rows_in, result.rows_ok, result.rows_rejected) == (8, 6, 2)
 
 
 def test_mapped_adapter(ray_session, tmp_path):
@@ -210,15 +267,18 @@ def test_mapped_adapter(ray_session, tmp_path):
     ok = by_id(movies)
     assert ok["s1"]["genres"] == ["Drama", "Romance"] and ok["s1"]["rating"] == 8.5 and ok["s1"]["year"] == 2011
     assert ok["s2"]["year"] == 1985 and ok["s2"]["no_genres"] and ok["s2"]["no_overview"]
-    [reject] = rejects.to_pylist()
-    assert (reject["source_file"], reject["source_row"], reject["movie_id"], reject["field"]) == (
+    assert rejects.num_rows == 0
+    # an impossible year is a bad optional field: the movie stays, without a year
+    assert ok["s3"]["year"] is None and ok["s3"]["title"] == "Gamma"
+    [warning] = read_field_warnings(RunLayout.of(tmp_path / "run")).to_pylist()
+    assert (warning["source_file"], warning["source_row"], warning["movie_id"], warning["field"]) == (
         str(src),
         4,
         "s3",
         "yr",
     )
-    assert reject["reason"].startswith("year: impossible year: 1066 (allowed 1870..")
-    assert reject["raw"] == "s3,Gamma,Horror,1066,en,Too old.,1\n"
+    assert warning["value"] == "1066"
+    assert warning["reason"].startswith("year: impossible year: 1066 (allowed 1870..")
     assert result.per_file[str(src)]["adapter"] == "mapped"
 
 

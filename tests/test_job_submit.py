@@ -213,16 +213,17 @@ def test_nightly_job_submitted_to_a_local_head_succeeds_and_fills_the_store(ray_
     job = _client("wait", ray_head, JOB_TIMEOUT_S, submission_id)
     assert job["status"] == "SUCCEEDED", f"job {submission_id} {job['status']}:\n{job['logs'][-6000:]}"
 
-    # Every clean movie is served, once; the bad rows are rejects, counted by reason.
+    # Every kept movie is served, once; the unusable rows are rejects and the bad optional fields warnings, by reason.
     layout = RunLayout.of(workdir)
     store = Store(layout.store_dir)
     ids = [i for t in store.open_tables().values() for i in t.to_arrow()["movie_id"].to_pylist()]
-    assert len(ids) == len(set(ids)) == catalog.clean_rows
+    assert len(ids) == len(set(ids)) == catalog.kept_rows
     run = json.loads(layout.run_json.read_text())
     assert run["status"] == "succeeded"
     assert [s.rstrip("?") for s in run["stages"]] == ["ingest", "embed", "train", "publish"]
     assert all(run["results"][s]["status"] == "ok" for s in ("ingest", "embed", "train", "publish"))
     ingest = run["results"]["ingest"]["result"]
-    assert ingest["rows_in"] == 40 and ingest["rows_rejected"] == sum(catalog.bad.values())
-    assert run["results"]["publish"]["result"]["rows_total"] == catalog.clean_rows
+    assert ingest["rows_in"] == 40 and ingest["rejects_by_reason"] == catalog.expected_rejects
+    assert ingest["field_warnings_by_reason"] == catalog.expected_field_warnings
+    assert run["results"]["publish"]["result"]["rows_total"] == catalog.kept_rows
     assert str(layout.run_json) in job["logs"]  # the job log points at the record a failed night is diagnosed from

@@ -12,10 +12,10 @@ import pytest
 from factories import GENRES, catalog_table, clustered_embeddings, write_catalog
 
 from genre_ray.config import Config
+from genre_ray.errors import PreconditionError
 from genre_ray.layout import RunLayout
 from genre_ray.model import load_classifier
 from genre_ray.train import (
-    TrainingDataError,
     TrainResult,
     load_training_table,
     prepare,
@@ -102,12 +102,12 @@ def test_unusable_labels_fail_with_a_message(small_run) -> None:
     one_genre = table.set_column(
         table.schema.get_field_index("genres"), "genres", pa.array([["Drama"]] * table.num_rows, pa.list_(pa.string()))
     )
-    with pytest.raises(TrainingDataError, match="at least two"):
+    with pytest.raises(PreconditionError, match="two or more"):
         prepare(ray_data(one_genre), cfg)
     unlabelled = table.set_column(
         table.schema.get_field_index("genres"), "genres", pa.array([[]] * table.num_rows, pa.list_(pa.string()))
     )
-    with pytest.raises(TrainingDataError, match="no labelled movie"):
+    with pytest.raises(PreconditionError, match="none of the 240 catalog movies has genres"):
         prepare(ray_data(unlabelled), cfg)
 
 
@@ -161,7 +161,8 @@ def test_worker_plan_leaves_cpu_for_the_data_pipeline(ray_session) -> None:
 
 def test_rare_genres_stay_out_of_the_vocabulary(ray_session) -> None:
     ids = [str(i) for i in range(400)]
-    genres = [["Drama"] if i % 50 else ["Drama", "TV Movie"] for i in range(400)]  # 8 TV movies in 400
+    # 8 TV movies in 400; every other movie is a comedy too
+    genres = [["Drama"] + (["Comedy"] if i % 2 else []) + ([] if i % 50 else ["TV Movie"]) for i in range(400)]
     matrix = np.zeros((400, 4), np.float32)
     table = pa.table(
         {
@@ -171,10 +172,15 @@ def test_rare_genres_stay_out_of_the_vocabulary(ray_session) -> None:
         }
     )
     keep_all = Config.model_validate({"train": {"min_genre_fraction": 0.0}})
-    assert prepare(ray_data(table), keep_all).genres == ["Drama", "TV Movie"]
+    assert prepare(ray_data(table), keep_all).genres == ["Comedy", "Drama", "TV Movie"]
     # 1% of ~256 training movies is 3 and the ~5 training TV movies pass; 5% (13) drops them
-    assert prepare(ray_data(table), Config()).genres == ["Drama", "TV Movie"]
-    strict = Config.model_validate({"train": {"min_genre_fraction": 0.05, "min_genre_count": 1}})
-    # one genre left is no classifier: the message says what to change
-    with pytest.raises(TrainingDataError, match="min_genre_fraction"):
-        prepare(ray_data(table), strict)
+    assert prepare(ray_data(table), Config()).genres == ["Comedy", "Drama", "TV Movie"]
+    strict = Config.model_validate({"train": {"min_genre_fraction": 0.05}})
+    data = prepare(ray_data(table), strict)
+    assert data.genres == ["Comedy", "Drama"]
+    _, y, _ = read_arrays(data.train)
+    assert y.shape == (data.vocab.rows["train"], 2)  # the TV movies stay, labelled with the genres that remain
+    # a one-genre vocabulary cannot make a spectrum: a message saying what to change, not a degenerate model
+    only_drama = table.set_column(1, "genres", pa.array([["Drama"]] * 400, pa.list_(pa.string())))
+    with pytest.raises(PreconditionError, match=r"1 genre\(s\) with at least 3 of the \d+ training movies"):
+        prepare(ray_data(only_drama), Config())

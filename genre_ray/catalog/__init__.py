@@ -6,15 +6,25 @@ on Ray and writes the catalog, the rejects and the accounting.
 
 from genre_ray.catalog.adapters import MOVIELENS_ID_PREFIX, movielens_movie_id
 from genre_ray.catalog.sources import CatalogError
-from genre_ray.catalog.stage import IngestResult, ingest, load_catalog, read_catalog, read_rejects
+from genre_ray.catalog.stage import (
+    CatalogUnusable,
+    IngestResult,
+    ingest,
+    load_catalog,
+    read_catalog,
+    read_field_warnings,
+    read_rejects,
+)
 
 __all__ = [
     "MOVIELENS_ID_PREFIX",
     "CatalogError",
+    "CatalogUnusable",
     "IngestResult",
     "ingest",
     "load_catalog",
     "movielens_movie_id",
     "read_catalog",
+    "read_field_warnings",
     "read_rejects",
 ]

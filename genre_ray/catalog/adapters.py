@@ -9,12 +9,15 @@ what somebody has to fix in the file.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+from dateutil import parser as dateutil_parser
 
 from genre_ray.catalog.sources import CatalogError
 from genre_ray.schema import NUMERIC_FIELDS
@@ -22,6 +25,8 @@ from genre_ray.schema import NUMERIC_FIELDS
 # MovieLens ids are namespaced ("ml:1") so a MovieLens catalog can sit beside a TMDB one without id collisions;
 # TMDB ids stay plain because evaluation joins MovieLens links.csv `tmdbId` to them.
 MOVIELENS_ID_PREFIX = "ml:"
+# ids derived from title + year when a mapped catalog has no id column
+DERIVED_ID_PREFIX = "ty:"
 MOVIELENS_NO_GENRES = "(no genres listed)"
 # No film is older; anything past next decade is a typo or a placeholder date, not an announced release.
 MIN_YEAR = 1870
@@ -41,11 +46,22 @@ class Problem(ValueError):
 class RowError(ValueError):
     """One row that cannot enter the catalog: which source column, why, and the kind of problem."""
 
-    def __init__(self, column: str | None, reason: str, kind: str):
+    def __init__(self, column: str | None, reason: str, kind: str, value: Any = None):
         super().__init__(f"{column}: {reason}" if column else reason)
         self.column = column
         self.reason = reason
         self.kind = kind
+        self.value = value  # the offending source value, for examples in messages
+
+
+@dataclass(frozen=True)
+class FieldWarning:
+    """An optional field that could not be parsed: the row is kept with the field empty, and this is recorded."""
+
+    column: str
+    reason: str  # "<field>: <problem>: <detail>", as a reject's reason would read
+    kind: str
+    value: Any
 
 
 def movielens_movie_id(movie_id: int | str) -> str:
@@ -146,42 +162,85 @@ def _check_year(year: int) -> int:
     return year
 
 
-_DATES = (  # M/D/YYYY is this repo's TMDB copy; ISO is the original Kaggle file and most exports
-    re.compile(r"(?P<m>\d{1,2})/(?P<d>\d{1,2})/(?P<y>\d+)"),
-    re.compile(r"(?P<y>\d+)-(?P<m>\d{1,2})-(?P<d>\d{1,2})(?:[T ][\d:.]+Z?)?"),
+# Fast paths for the two layouts most exports use (M/D/YYYY: this repo's TMDB copy; ISO: the Kaggle original and
+# most tools): regex + date() is ~20x cheaper than a general parser. Anything else goes to dateutil.
+_FAST_DATES = (
+    re.compile(r"(?P<m>\d{1,2})/(?P<d>\d{1,2})/(?P<y>\d{4})"),
+    re.compile(r"(?P<y>\d{4})-(?P<m>\d{1,2})-(?P<d>\d{1,2})(?:[T ][\d:.]+Z?)?"),
 )
+# Excel stores a date as days since 1899-12-30; five digits cover 1927-2173, so 5-digit numbers in a date or year
+# column are Excel serials, never years (a year has four digits).
+_EXCEL_EPOCH = dt.date(1899, 12, 30)
+_EXCEL_SERIALS = (10_000, 99_999)
+# dateutil fills a missing year from `default`; year 1 cannot pass _check_year, so it marks "no year in the text".
+_NO_YEAR = dt.datetime(1, 1, 1)
+_INTEGER = re.compile(r"-?\d{1,5}")
 
 
-def year_from_date(value: Any) -> int | None:
-    if _missing(value):
-        return None
-    if isinstance(value, (dt.date, dt.datetime)):
-        return _check_year(value.year)
-    s = str(value).strip()
-    for pattern in _DATES:
-        m = pattern.fullmatch(s)
-        if m is None:
-            continue
-        year = _check_year(int(m["y"]))
+def _excel_year(serial: float) -> int:
+    return _check_year((_EXCEL_EPOCH + dt.timedelta(days=int(serial))).year)
+
+
+def _number_year(value: float, shown: str) -> int:
+    if not math.isfinite(value):
+        raise Problem("not a year", shown)
+    if _EXCEL_SERIALS[0] <= value <= _EXCEL_SERIALS[1]:
+        return _excel_year(value)
+    if value != int(value):
+        raise Problem("not a year", shown)
+    return _check_year(int(value))
+
+
+@dataclass(frozen=True)
+class YearOrDate:
+    """A year from a year ("1998", 1998.0), a date in any common written form, or an Excel serial date.
+
+    Accepted: ISO (1998-06-12, with or without a time), M/D/YYYY, D.M.YYYY, "Jun 12 1998", "12 June 1998",
+    "June 1998", YYYYMMDD, a bare year, and 5-digit Excel serials (35958). Day/month order does not matter here:
+    only the year is kept, and it is the same either way. `date_format` (strptime) forces one format instead.
+    """
+
+    date_format: str | None = None
+
+    def __call__(self, value: Any) -> int | None:
+        if _missing(value):
+            return None
+        if isinstance(value, (dt.date, dt.datetime)):
+            return _check_year(value.year)
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise Problem("not a date", f"{value!r:.80}")
+        if isinstance(value, (int, float)):
+            return _number_year(value, f"{value!r:.80}")
+        s = value.strip()
+        if self.date_format is not None:
+            try:
+                return _check_year(dt.datetime.strptime(s, self.date_format).year)
+            except ValueError:
+                raise Problem("not a date", f"{s!r:.80}, expected catalog.date_format {self.date_format!r}") from None
+        if _INTEGER.fullmatch(s):
+            return _number_year(int(s), f"{s!r:.80}")
+        for pattern in _FAST_DATES:
+            m = pattern.fullmatch(s)
+            if m is None:
+                continue
+            year = _check_year(int(m["y"]))
+            try:
+                dt.date(year, int(m["m"]), int(m["d"]))
+                return year
+            except ValueError:
+                break  # e.g. 13/12/1998 is D/M/YYYY: let dateutil decide
         try:
-            dt.date(year, int(m["m"]), int(m["d"]))  # regex + date(): strptime is a third of the parse time
-        except ValueError:
+            parsed = dateutil_parser.parse(s, default=_NO_YEAR)
+        except (ValueError, OverflowError):
             raise Problem("not a date", f"{s!r:.80}") from None
-        return year
-    raise Problem("not a date", f"{s!r:.80}, expected M/D/YYYY or YYYY-MM-DD")
+        if parsed.year == _NO_YEAR.year:
+            raise Problem("not a date", f"{s!r:.80} has no year")
+        return _check_year(parsed.year)
 
 
-def year(value: Any) -> int | None:
-    """A year as a number ("1995", 1995.0) or taken from a date."""
-    if _missing(value):
-        return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value != int(value):
-            raise Problem("not a year", f"{value!r:.80}")
-        return _check_year(int(value))
-    if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
-        return _check_year(int(value))
-    return year_from_date(value)
+# A TMDB release date and a mapped year column take the same values: a year, a date or an Excel serial.
+year_from_date = YearOrDate()
+year = YearOrDate()
 
 
 def _labels(names: Iterable[Any]) -> list[str]:
@@ -270,6 +329,21 @@ class Limits:
     max_title_chars: int
 
 
+# Only these make a row unusable; any other field that fails to parse is left empty and warned about.
+REQUIRED_FIELDS = frozenset({"movie_id", "title"})
+_EMPTY: dict[str, Any] = {"genres": []}
+
+
+def derived_id(title: str, year: int | None) -> str:
+    """A stable movie_id for catalogs without one: title (case and spacing folded) + year, hashed.
+
+    Two rows with the same title and year get the same id, so the second is rejected as a duplicate, as any
+    repeated id would be.
+    """
+    key = " ".join(title.casefold().split()) + "\x1f" + ("" if year is None else str(year))
+    return DERIVED_ID_PREFIX + hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
+
+
 @dataclass(frozen=True)
 class Adapter:
     name: str
@@ -278,36 +352,71 @@ class Adapter:
     # columns whose presence in a header identifies this layout ("auto")
     signature: frozenset[str] = field(default_factory=frozenset)
     finish: Callable[[dict[str, Any]], None] | None = None
+    # no movie_id column: the id is derived from title + year (derived_id)
+    derive_id: bool = False
 
     def column_of(self, name: str) -> str | None:
         spec = self.fields.get(name)
         return spec[0] if spec else None
 
+    @property
+    def id_column(self) -> str | None:
+        """The source column a duplicate-id reject names: the id column, or the title a derived id comes from."""
+        return self.column_of("title") if self.derive_id else self.column_of("movie_id")
+
+    def with_date_format(self, date_format: str | None) -> Adapter:
+        """This adapter with every year/date field parsed by `date_format` (strptime) only."""
+        if date_format is None:
+            return self
+        fields = {
+            name: (column, YearOrDate(date_format) if isinstance(parse, YearOrDate) else parse)
+            for name, (column, parse) in self.fields.items()
+        }
+        return replace(self, fields=fields)
+
     def check_header(self, header: Sequence[str], path: str) -> None:
-        required = {self.fields["movie_id"][0], self.fields["title"][0]}
+        required = {self.fields[name][0] for name in REQUIRED_FIELDS if name in self.fields}
         missing = sorted(required - set(header))
         if missing:
             raise CatalogError(
                 f"{path}: the {self.name} adapter needs column(s) {missing}, the file has {list(header)[:30]}"
             )
 
-    def convert(self, values: Mapping[str, Any]) -> dict[str, Any]:
+    def convert(
+        self, values: Mapping[str, Any], strict: bool = False, warnings: list[FieldWarning] | None = None
+    ) -> dict[str, Any]:
         row: dict[str, Any] = {}
         for name, (column, parse) in self.fields.items():
+            raw = values.get(column)
             try:
-                row[name] = parse(values.get(column))
+                row[name] = parse(raw)
             except ValueError as err:
-                raise RowError(column, f"{name}: {err}", getattr(err, "kind", "invalid value")) from None
+                kind = getattr(err, "kind", "invalid value")
+                if strict or name in REQUIRED_FIELDS:
+                    raise RowError(column, f"{name}: {err}", kind, raw) from None
+                row[name] = _EMPTY.get(name)
+                if warnings is not None:
+                    warnings.append(FieldWarning(column, f"{name}: {err}", kind, raw))
         if self.finish is not None:
             self.finish(row)
         return row
 
-    def normalise(self, values: Mapping[str, Any], limits: Limits) -> dict[str, Any]:
-        """A catalog row (without source position, document and hash), or RowError."""
-        row = self.convert(values)
-        if row.get("movie_id") is None:
-            raise RowError(self.column_of("movie_id"), "missing id", "missing id")
+    def normalise(
+        self,
+        values: Mapping[str, Any],
+        limits: Limits,
+        strict: bool = False,
+        warnings: list[FieldWarning] | None = None,
+    ) -> dict[str, Any]:
+        """A catalog row (without source position, document and hash), or RowError.
+
+        Only a missing or unusable id or title (or, with `strict`, any bad field) rejects the row; other bad fields
+        are left empty and appended to `warnings`.
+        """
+        row = self.convert(values, strict, warnings)
         title = row.get("title")
+        if not self.derive_id and row.get("movie_id") is None:
+            raise RowError(self.column_of("movie_id"), "missing id", "missing id")
         if title is None:
             raise RowError(self.column_of("title"), "missing title", "missing title")
         if len(title) > limits.max_title_chars:
@@ -315,15 +424,22 @@ class Adapter:
                 self.column_of("title"),
                 f"title has {len(title):,} characters, over catalog.max_title_chars={limits.max_title_chars:,}",
                 "title too long",
+                title[:80],
             )
+        if self.derive_id:
+            row["movie_id"] = derived_id(title, row.get("year"))
         overview = row.get("overview")
         if overview is not None and len(overview) > limits.max_overview_chars:
-            raise RowError(
-                self.column_of("overview"),
+            reason = (
                 f"overview has {len(overview):,} characters, "
-                f"over catalog.max_overview_chars={limits.max_overview_chars:,}",
-                "overview too long",
+                f"over catalog.max_overview_chars={limits.max_overview_chars:,}"
             )
+            if strict:
+                raise RowError(self.column_of("overview"), reason, "overview too long", overview[:80])
+            column = self.column_of("overview") or "overview"
+            if warnings is not None:
+                warnings.append(FieldWarning(column, f"overview: {reason}", "overview too long", overview[:80]))
+            row["overview"] = overview = None
         row["genres"] = row.get("genres") or []
         row["no_overview"] = overview is None
         row["no_genres"] = not row["genres"]
@@ -393,18 +509,46 @@ NORMALISED = Adapter(
 MAPPABLE_FIELDS = frozenset({*_MAPPED_PARSERS, "genres", "keywords"})
 
 
-def mapped(columns: Mapping[str, str], genre_separator: str) -> Adapter:
-    """An adapter from `catalog.columns` (normalised field -> source column) and `catalog.genre_separator`."""
+def _separated(separators: str | Sequence[str]) -> Parser:
+    seps = [separators] if isinstance(separators, str) else list(separators)
+    if len(seps) == 1:
+        return split_on(seps[0])
+    pattern = re.compile("|".join(re.escape(sep) for sep in seps))
+
+    def parse(value: Any) -> list[str]:
+        if _missing(value):
+            return []
+        if isinstance(value, (list, tuple)):
+            return _labels(value)
+        s = text(value)
+        return [] if s == MOVIELENS_NO_GENRES else _labels(pattern.split(s))
+
+    return parse
+
+
+def mapped(columns: Mapping[str, str], genre_separator: str | Sequence[str]) -> Adapter:
+    """An adapter from `catalog.columns` (normalised field -> source column) and `catalog.genre_separator`.
+
+    Without a `movie_id` mapping the id is derived from title + year (derived_id). `genre_separator` is one
+    separator, a list of them (any splits), or "json" for JSON lists.
+    """
     unknown = sorted(set(columns) - MAPPABLE_FIELDS)
     if unknown:
         raise CatalogError(f"catalog.columns: unknown normalised field(s) {unknown}; known: {sorted(MAPPABLE_FIELDS)}")
-    missing = sorted({"movie_id", "title"} - set(columns))
-    if missing:
-        raise CatalogError(f"catalog.columns: the mapped adapter needs {missing} mapped to source columns")
-    list_parser = json_names if genre_separator.strip().lower() == "json" else split_on(genre_separator)
+    if "title" not in columns:
+        raise CatalogError("catalog.columns: the mapped adapter needs ['title'] mapped to a source column")
+    if not genre_separator or (not isinstance(genre_separator, str) and not all(genre_separator)):
+        raise CatalogError("catalog.genre_separator: give a non-empty separator, a list of them, or 'json'")
+    is_json = isinstance(genre_separator, str) and genre_separator.strip().lower() == "json"
+    list_parser = json_names if is_json else _separated(genre_separator)
     parsers = {**_MAPPED_PARSERS, "genres": list_parser, "keywords": optional_list(list_parser)}
-    order = ["movie_id", "title", *sorted(set(columns) - {"movie_id", "title"})]
-    return Adapter(name="mapped", fields={name: (columns[name], parsers[name]) for name in order})
+    order = [name for name in ("movie_id", "title") if name in columns]
+    order += sorted(set(columns) - {"movie_id", "title"})
+    return Adapter(
+        name="mapped",
+        fields={name: (columns[name], parsers[name]) for name in order},
+        derive_id="movie_id" not in columns,
+    )
 
 
 BUILTIN = {a.name: a for a in (TMDB, MOVIELENS, NORMALISED)}

@@ -8,18 +8,22 @@ Row numbers (`Record.row`), the `source_row` of the catalog and of the rejects:
 - CSV and JSON Lines: the 1-based physical line on which the record starts (a CSV header is line 1), so
   `sed -n '<row>p' file` shows it even when earlier records span several lines.
 - Parquet: the 0-based row index in the file (`pq.read_table(f).slice(row, 1)`).
+- A JSON file whose top level is an array (`[{...}, {...}]`, any .json/.jsonl name): the 0-based element index
+  (`jq '.[<row>]' file`).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import fsspec
+import ijson
 import pyarrow.parquet as pq
 
 Format = Literal["csv", "parquet", "jsonl"]
@@ -35,6 +39,9 @@ _EXTENSIONS: dict[str, Format] = {
 }
 _COMPRESSION = (".gz", ".bz2", ".xz", ".zst", ".lz4")
 _GLOB_CHARS = frozenset("*?[")
+_PEEK_BYTES = 4096
+# elements of a JSON array whose keys make up its header
+_HEADER_SAMPLE = 100
 
 
 class CatalogError(ValueError):
@@ -136,13 +143,25 @@ def read_records(src: SourceFile) -> tuple[list[str], Iterator[Record]]:
     """The file's column names and an iterator over its records."""
     if src.format == "parquet":
         return _parquet_records(src.path)
+    if src.format == "jsonl" and _first_char(src.path) == "[":
+        return _json_array_records(src.path)
     with fsspec.open(src.path, "rb", compression="infer") as f:
         data = f.read()
     # surrogateescape: invalid bytes survive decoding and are reported per row and field, not per file.
     text = data.decode("utf-8", "surrogateescape").removeprefix("\ufeff")
     if src.format == "csv":
         return _csv_records(text)
-    return _jsonl_records(text)
+    return _jsonl_records(text, src.path)
+
+
+def _first_char(path: str) -> str:
+    """The first non-blank character of a (possibly compressed) file, "" if it has none: "[" means a JSON array."""
+    with fsspec.open(path, "rb", compression="infer") as f:
+        while chunk := f.read(_PEEK_BYTES):
+            rest = chunk.decode("utf-8", "ignore").lstrip("\ufeff \t\r\n")
+            if rest:
+                return rest[0]
+    return ""
 
 
 class _LineCursor:
@@ -209,7 +228,7 @@ def _csv_body(lines: list[str], header: list[str], first: int) -> Iterator[Recor
         )
 
 
-def _jsonl_records(text: str) -> tuple[list[str], Iterator[Record]]:
+def _jsonl_records(text: str, path: str) -> tuple[list[str], Iterator[Record]]:
     lines = io.StringIO(text, newline="").readlines()
     header: list[str] = []
     for line in lines:  # the header of a JSON Lines file: the keys of its first object
@@ -220,6 +239,18 @@ def _jsonl_records(text: str) -> tuple[list[str], Iterator[Record]]:
         if isinstance(obj, dict):
             header = list(obj)
             break
+    first = next((line.strip() for line in lines if line.strip()), None)
+    if first == "{":
+        raise CatalogError(
+            f"{path}: the top level is one JSON object spread over several lines; a catalog is an array of "
+            "objects or JSON Lines (one object per line). If the records sit under a key, extract them, "
+            "e.g. jq '.movies' file.json"
+        )
+    if first is not None and not header:
+        raise CatalogError(
+            f"{path}: no JSON object found: the top level must be an array of objects or JSON Lines "
+            f"(one object per line); the file starts with {first[:40]!r}"
+        )
     return header, _jsonl_body(lines)
 
 
@@ -238,6 +269,52 @@ def _jsonl_body(lines: list[str]) -> Iterator[Record]:
             yield Record(row=i + 1, values=None, error=error, error_kind="not a JSON object", _raw=line)
             continue
         yield Record(row=i + 1, values=obj, _raw=line)
+
+
+def _json_array_records(path: str) -> tuple[list[str], Iterator[Record]]:
+    """A file whose top level is a JSON array: each element is a record, `row` = its 0-based index.
+
+    Streamed (ijson), so a multi-GB array never sits in memory as one string. The header is the keys of the first
+    objects, so a key that an export leaves out when null still counts as a column.
+    """
+    f = fsspec.open(path, "rb", compression="infer").open()
+    items = _json_array_items(path, f)
+    head: list[Any] = []
+    header: dict[str, None] = {}
+    for element in items:
+        head.append(element)
+        if isinstance(element, dict):
+            header.update(dict.fromkeys(element))
+        if len(head) == _HEADER_SAMPLE:
+            break
+    if head and not header:
+        f.close()
+        raise CatalogError(f"{path}: the top-level JSON array holds no objects (first element: {head[0]!r:.80})")
+    return list(header), _json_array_body(head, items)
+
+
+def _json_array_items(path: str, f: Any) -> Iterator[Any]:
+    n = 0
+    try:
+        for element in ijson.items(f, "item", use_float=True):
+            yield element
+            n += 1
+    except ijson.JSONError as err:
+        # The stream cannot be resynchronised after a syntax error (or invalid UTF-8): the file is unusable.
+        detail = str(err).splitlines()[0].removeprefix("b'").rstrip("'")
+        raise CatalogError(f"{path}: invalid JSON after array element {n}: {detail}") from None
+    finally:
+        f.close()
+
+
+def _json_array_body(head: list[Any], rest: Iterator[Any]) -> Iterator[Record]:
+    for row, element in enumerate(itertools.chain(head, rest)):
+        if isinstance(element, dict):
+            yield Record(row=row, values=element)
+        else:
+            error = f"not a JSON object: {type(element).__name__}"
+            raw = json.dumps(element, ensure_ascii=False, default=str)
+            yield Record(row=row, values=None, error=error, error_kind="not a JSON object", _raw=raw)
 
 
 def _parquet_records(path: str) -> tuple[list[str], Iterator[Record]]:

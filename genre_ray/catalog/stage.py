@@ -8,9 +8,14 @@ Shape, chosen so it scales with the number of files and stays cheap for one smal
    the driver up to DRIVER_DEDUP_MAX_ROWS rows, by a Ray groupby above, so no shuffle ever carries documents.
    The first row by (file order, row) is kept; the others become rejects naming it.
 4. The catalog is written as a Parquet dataset into a temporary directory that then replaces `layout.movies`,
-   so a crashed re-run never leaves half a catalog behind. Rejects (one Parquet file) and accounting follow.
+   so a crashed re-run never leaves half a catalog behind. Rejects, field warnings (one Parquet file each) and
+   accounting follow.
 
-Every input record is counted once: rows_in = rows_ok + rows_rejected, per file and in total.
+Every input record is counted once: rows_in = rows_ok + rows_rejected, per file and in total. Only an unusable id
+or title rejects a row (CSV/JSON that cannot be read at all, and duplicate ids, too); an optional field that does
+not parse is left empty and recorded as a field warning (catalog.strict restores rejecting). A catalog with no
+usable row, or more rejects than catalog.max_reject_fraction, is not written: ingest raises CatalogUnusable, with
+the rejects and the accounting written for diagnosis, and the previous catalog stays in place.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from ray.data.aggregate import Count, Min
 from ray.data.context import ShuffleStrategy
 
 from genre_ray import schema
-from genre_ray.catalog.adapters import BUILTIN, Adapter, Limits, RowError, detect, mapped
+from genre_ray.catalog.adapters import BUILTIN, Adapter, FieldWarning, Limits, RowError, detect, mapped
 from genre_ray.catalog.sources import CatalogError, Record, SourceFile, expand_paths, printable, read_records
 from genre_ray.config import CatalogConfig, Config, TextConfig
 from genre_ray.layout import RunLayout, atomic_write, atomic_write_text
@@ -56,6 +61,8 @@ DUPLICATE_KIND = "duplicate id"
 # The cut-off exists because a shuffle's worker start-up costs seconds, which dominate a small catalog's ingest.
 DRIVER_DEDUP_MAX_ROWS = 1_000_000
 _CHUNK_ROWS = 16_384
+_VALUE_CHARS = 200  # of a bad value kept in the warnings table
+_EXAMPLE_CHARS = 60  # of a bad value quoted in a message
 
 
 @dataclass
@@ -71,6 +78,11 @@ class FileReport:
     no_genres: int = 0
     empty_documents: int = 0  # kept rows whose text.parts render nothing: the encoder would see ""
     rejects_by_reason: dict[str, int] = field(default_factory=dict)
+    # optional fields left empty because they did not parse (the row is kept): "<column>: <kind>" -> count
+    field_warnings_by_reason: dict[str, int] = field(default_factory=dict)
+    rows_with_field_warnings: int = 0
+    # "<column>: <kind>" -> where it first happened and the value, for the failure message of an unusable catalog
+    examples: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     error: str | None = None  # a file-level problem (unusable header, corrupt Parquet): raised on the driver
 
@@ -85,22 +97,67 @@ class IngestResult:
     per_file: dict[str, dict[str, Any]]
     warnings: list[str]
     seconds: float = 0.0
+    # kept rows with an optional field left empty; one warning per (row, field) in catalog/warnings.parquet
+    rows_with_field_warnings: int = 0
+    field_warnings_by_reason: dict[str, int] = field(default_factory=dict)
+    # None: the catalog was published to catalog/movies; otherwise why it was not (see unusable_message)
+    error: str | None = None
+
+    @property
+    def field_warnings(self) -> int:
+        return sum(self.field_warnings_by_reason.values())
 
     def summary(self) -> str:
         flags = ", ".join(f"{n} {name}" for name, n in self.flagged.items())
         return (
             f"catalog: {self.rows_in} rows in = {self.rows_ok} ok + {self.rows_rejected} rejected "
-            f"(flagged: {flags}; {len(self.per_file)} file(s), {len(self.warnings)} warning(s))"
+            f"(flagged: {flags}; {self.field_warnings} field warning(s) in {self.rows_with_field_warnings} kept "
+            f"row(s); {len(self.per_file)} file(s), {len(self.warnings)} file warning(s))"
         )
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "field_warnings": self.field_warnings}
+
+
+class CatalogUnusable(CatalogError):
+    """Ingest read the files but too few rows are usable: nothing downstream may run. `result` has the counts."""
+
+    def __init__(self, message: str, result: IngestResult):
+        super().__init__(message)
+        self.result = result
+
+
+def unusable_message(result: IngestResult, reports: list[FileReport], max_reject_fraction: float) -> str | None:
+    """Why this catalog must not be used (no usable row, or too many rejects), or None when it is fine.
+
+    E.g. "catalog: 0 of 3000 rows usable (3000 x Title: missing title, e.g. movies.json row 2 None); nothing
+    published": the count, and the top reasons each with a first example, so the fix is obvious from the message.
+    """
+    n_in, n_ok, n_bad = result.rows_in, result.rows_ok, result.rows_rejected
+    if n_in == 0:
+        files = ", ".join(r.path for r in reports) or "no files"
+        return f"catalog: 0 rows in ({files}: every file is empty); nothing published"
+    if n_ok > 0 and n_bad <= max_reject_fraction * n_in:
+        return None
+    head = f"catalog: {n_ok} of {n_in} rows usable"
+    if n_ok > 0:
+        head += f", {n_bad} rejected = {n_bad / n_in:.1%}, over catalog.max_reject_fraction={max_reject_fraction:g}"
+    top = sorted(
+        ((n, key, rep) for rep in reports for key, n in rep.rejects_by_reason.items()),
+        key=lambda t: (-t[0], t[1]),
+    )[:3]
+    reasons = "; ".join(f"{n} x {key}, e.g. {rep.path} {rep.examples.get(key, '')}".rstrip() for n, key, rep in top)
+    return f"{head} ({reasons}); nothing published"
 
 
 # ---- per file (runs in a Ray task; plain Python, testable without Ray) ------------------------------------------
 
 
 def choose_adapter(cfg: CatalogConfig, header: list[str], path: str) -> Adapter:
+    return _layout_adapter(cfg, header, path).with_date_format(cfg.date_format)
+
+
+def _layout_adapter(cfg: CatalogConfig, header: list[str], path: str) -> Adapter:
     if cfg.adapter == "mapped":
         adapter = mapped(cfg.columns, cfg.genre_separator)
         missing = sorted({col for col, _ in adapter.fields.values()} - set(header))
@@ -114,38 +171,53 @@ def choose_adapter(cfg: CatalogConfig, header: list[str], path: str) -> Adapter:
     return adapter
 
 
+def _empty_outputs() -> tuple[pa.Table, pa.Table, pa.Table]:
+    return _ORDERED_CATALOG.empty_table(), _ORDERED_REJECTS.empty_table(), schema.WARNINGS.empty_table()
+
+
 def parse_file(
     src: SourceFile, cfg: CatalogConfig, text_cfg: TextConfig, enc_id: str
-) -> tuple[pa.Table, pa.Table, FileReport]:
-    """One file -> (catalog rows + order key, rejects + order key, report)."""
+) -> tuple[pa.Table, pa.Table, pa.Table, FileReport]:
+    """One file -> (catalog rows + order key, rejects + order key, field warnings, report)."""
     report = FileReport(path=src.path, format=src.format)
     ok: list[dict[str, Any]] = []
     ok_blocks: list[pa.Table] = []  # rows go to Arrow in chunks: Python dicts of a large file would not fit
     rejects: list[dict[str, Any]] = []
+    warned: list[dict[str, Any]] = []
     try:
         header, records = read_records(src)
         if not header:
             report.warnings.append(f"{src.path}: empty file, 0 rows")
-            return _ORDERED_CATALOG.empty_table(), _ORDERED_REJECTS.empty_table(), report
+            return (*_empty_outputs(), report)
         adapter = choose_adapter(cfg, header, src.path)
-        report.adapter, report.id_column = adapter.name, adapter.column_of("movie_id")
+        report.adapter, report.id_column = adapter.name, adapter.id_column
         limits = Limits(cfg.max_overview_chars, cfg.max_title_chars)
         build = DocumentBuilder(text_cfg)
         kinds: Counter[str] = Counter()
+        warning_kinds: Counter[str] = Counter()
         for rec in records:
             report.rows_in += 1
             order = (src.index << _ROW_BITS) | rec.row
             if rec.values is None:
+                kind = rec.error_kind or "unparseable record"
                 rejects.append(_reject(src, rec, order, None, rec.error or "unparseable record", None))
-                kinds[rec.error_kind or "unparseable record"] += 1
+                kinds[kind] += 1
+                report.examples.setdefault(kind, f"row {rec.row} {_example(rec.raw)}")
                 continue
+            row_warnings: list[FieldWarning] = []
             try:
-                row = adapter.normalise(rec.values, limits)
+                row = adapter.normalise(rec.values, limits, cfg.strict, row_warnings)
             except RowError as err:
                 raw_id = rec.values.get(adapter.column_of("movie_id") or "")
                 rejects.append(_reject(src, rec, order, err.column, err.reason, _shown_id(raw_id)))
-                kinds[f"{err.column}: {err.kind}" if err.column else err.kind] += 1
+                key = f"{err.column}: {err.kind}" if err.column else err.kind
+                kinds[key] += 1
+                report.examples.setdefault(key, f"row {rec.row} {_example(err.value)}")
                 continue
+            for w in row_warnings:
+                warned.append(_warning(src, rec, row["movie_id"], w))
+                warning_kinds[f"{w.column}: {w.kind}"] += 1
+            report.rows_with_field_warnings += bool(row_warnings)
             row["source_file"], row["source_row"], row[_ORDER] = src.path, rec.row, order
             row["document"] = build(row)
             row["content_hash"] = content_hash(row["document"], enc_id)
@@ -158,7 +230,7 @@ def parse_file(
                 ok.clear()
     except CatalogError as err:
         report.error = str(err)
-        return _ORDERED_CATALOG.empty_table(), _ORDERED_REJECTS.empty_table(), report
+        return (*_empty_outputs(), report)
     if report.rows_in == 0:
         report.warnings.append(f"{src.path}: header only, 0 rows")
     if report.empty_documents:
@@ -170,7 +242,34 @@ def parse_file(
     table = pa.concat_tables(ok_blocks).combine_chunks()
     report.rows_ok, report.rows_rejected = table.num_rows, len(rejects)
     report.rejects_by_reason = dict(kinds)
-    return table, pa.Table.from_pylist(rejects, schema=_ORDERED_REJECTS), report
+    report.field_warnings_by_reason = dict(warning_kinds)
+    warnings = pa.Table.from_pylist(warned, schema=schema.WARNINGS)
+    return table, pa.Table.from_pylist(rejects, schema=_ORDERED_REJECTS), warnings, report
+
+
+def _shown_value(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return printable(text)[:_VALUE_CHARS]
+
+
+def _example(value: Any) -> str:
+    shown = _shown_value(value)
+    if shown is None:
+        return "(empty)"
+    return repr(shown if len(shown) <= _EXAMPLE_CHARS else shown[: _EXAMPLE_CHARS - 1] + "…")
+
+
+def _warning(src: SourceFile, rec: Record, movie_id: str, w: FieldWarning) -> dict[str, Any]:
+    return {
+        "source_file": src.path,
+        "source_row": rec.row,
+        "movie_id": movie_id,
+        "field": w.column,
+        "value": _shown_value(w.value),
+        "reason": printable(w.reason),
+    }
 
 
 def _shown_id(raw_id: Any) -> str | None:
@@ -194,13 +293,13 @@ def _reject(
     }
 
 
-@ray.remote(num_returns=4, max_retries=2)
+@ray.remote(num_returns=5, max_retries=2)
 def _parse_file_task(
     src: SourceFile, cfg: CatalogConfig, text_cfg: TextConfig, enc_id: str
-) -> tuple[pa.Table, pa.Table, pa.Table, FileReport]:
-    ok, rejects, report = parse_file(src, cfg, text_cfg, enc_id)
+) -> tuple[pa.Table, pa.Table, pa.Table, pa.Table, FileReport]:
+    ok, rejects, warnings, report = parse_file(src, cfg, text_cfg, enc_id)
     # The narrow id columns as their own object: the driver-side dedup fetches these, never the documents.
-    return ok, ok.select(["movie_id", _ORDER]), rejects, report
+    return ok, ok.select(["movie_id", _ORDER]), rejects, warnings, report
 
 
 # ---- whole catalog (driver) -------------------------------------------------------------------------------------
@@ -287,6 +386,9 @@ def _deduplicate(
         rep.no_genres -= loser["no_genres"]
         key = f"{rep.id_column}: {DUPLICATE_KIND}"
         rep.rejects_by_reason[key] = rep.rejects_by_reason.get(key, 0) + 1
+    for loser in losers.select(["source_file", "source_row", "movie_id"]).to_pylist():
+        key = f"{by_path[loser['source_file']].id_column}: {DUPLICATE_KIND}"
+        by_path[loser["source_file"]].examples.setdefault(key, f"row {loser['source_row']} id {loser['movie_id']!r}")
     id_columns = {r.path: r.id_column for r in reports}
     return kept, _duplicate_rejects(losers, keepers, files, id_columns)
 
@@ -311,11 +413,12 @@ def ingest(cfg: Config, layout: RunLayout) -> IngestResult:
     init_ray(cfg.ray)
 
     calls = [_parse_file_task.remote(src, cfg.catalog, cfg.text, enc_id) for src in files]
-    reports: list[FileReport] = ray.get([c[3] for c in calls])
+    reports: list[FileReport] = ray.get([c[4] for c in calls])
     for rep in reports:
         if rep.error:
             raise CatalogError(rep.error)
     reject_tables: list[pa.Table] = ray.get([c[2] for c in calls])
+    warnings_table = pa.concat_tables([schema.WARNINGS.empty_table(), *ray.get([c[3] for c in calls])])
 
     ds = ray.data.from_arrow_refs([c[0] for c in calls])
     # This dataset's own context (derived datasets share it): the written catalog keeps file and row order, and a
@@ -327,8 +430,32 @@ def ingest(cfg: Config, layout: RunLayout) -> IngestResult:
     kept, dup_rejects = _deduplicate(ds, [c[1] for c in calls], files, reports)
     if dup_rejects is not None:
         reject_tables.append(dup_rejects)
+    rejects = pa.concat_tables(reject_tables or [_ORDERED_REJECTS.empty_table()]).sort_by(_ORDER).drop_columns(_ORDER)
+
+    result = _account(reports, warnings, time.perf_counter() - started)
+    if result.rows_rejected != rejects.num_rows:
+        raise AssertionError(f"accounting bug: {result.rows_rejected} rejected but {rejects.num_rows} reject rows")
+    result.error = unusable_message(result, reports, cfg.catalog.max_reject_fraction)
 
     layout.catalog_dir.mkdir(parents=True, exist_ok=True)
+    if result.error is None:
+        # An unusable catalog never replaces the last good one: embed, train and publish keep working from it.
+        _write_movies(kept, layout)
+    atomic_write(layout.rejects, lambda p: pq.write_table(rejects.cast(schema.REJECTS), p))
+    atomic_write(layout.field_warnings, lambda p: pq.write_table(warnings_table, p))
+    atomic_write_text(layout.accounting, json.dumps(result.to_json(), indent=2) + "\n")
+    for w in result.warnings:
+        log.warning(w)
+    if result.field_warnings:
+        top = ", ".join(f"{n} x {k}" for k, n in sorted(result.field_warnings_by_reason.items(), key=lambda t: -t[1]))
+        log.warning("catalog: rows kept with optional fields left empty (%s); see %s", top, layout.field_warnings)
+    log.info(result.summary())
+    if result.error is not None:
+        raise CatalogUnusable(f"{result.error}\n  every reject: {layout.rejects}", result)
+    return result
+
+
+def _write_movies(kept: ray.data.Dataset, layout: RunLayout) -> None:
     tmp = layout.catalog_dir / f".movies.tmp-{uuid.uuid4().hex[:8]}"
     kept.drop_columns([_ORDER]).write_parquet(str(tmp))
     if not any(tmp.glob("*.parquet")):  # no rows at all: still leave a readable, typed catalog
@@ -336,28 +463,20 @@ def ingest(cfg: Config, layout: RunLayout) -> IngestResult:
         pq.write_table(schema.CATALOG.empty_table(), tmp / "part-0.parquet")
     _replace_dir(tmp, layout.movies)
 
-    rejects = pa.concat_tables(reject_tables or [_ORDERED_REJECTS.empty_table()]).sort_by(_ORDER).drop_columns(_ORDER)
-    atomic_write(layout.rejects, lambda p: pq.write_table(rejects.cast(schema.REJECTS), p))
-
-    result = _account(reports, warnings, time.perf_counter() - started)
-    if result.rows_rejected != rejects.num_rows:
-        raise AssertionError(f"accounting bug: {result.rows_rejected} rejected but {rejects.num_rows} reject rows")
-    atomic_write_text(layout.accounting, json.dumps(result.to_json(), indent=2) + "\n")
-    for w in result.warnings:
-        log.warning(w)
-    log.info(result.summary())
-    return result
-
 
 def _account(reports: list[FileReport], warnings: list[str], seconds: float) -> IngestResult:
     by_reason: Counter[str] = Counter()
+    warned: Counter[str] = Counter()
     per_file: dict[str, dict[str, Any]] = {}
     for rep in reports:
         if rep.rows_in != rep.rows_ok + rep.rows_rejected:
             raise AssertionError(f"accounting bug in {rep.path}: {rep}")
         by_reason.update(rep.rejects_by_reason)
+        warned.update(rep.field_warnings_by_reason)
         warnings = [*warnings, *rep.warnings]
-        per_file[rep.path] = {k: v for k, v in asdict(rep).items() if k not in ("path", "error", "warnings")}
+        per_file[rep.path] = {
+            k: v for k, v in asdict(rep).items() if k not in ("path", "error", "warnings", "examples")
+        }
     return IngestResult(
         rows_in=sum(r.rows_in for r in reports),
         rows_ok=sum(r.rows_ok for r in reports),
@@ -367,6 +486,8 @@ def _account(reports: list[FileReport], warnings: list[str], seconds: float) -> 
         per_file=per_file,
         warnings=warnings,
         seconds=round(seconds, 3),
+        rows_with_field_warnings=sum(r.rows_with_field_warnings for r in reports),
+        field_warnings_by_reason=dict(sorted(warned.items())),
     )
 
 
@@ -390,3 +511,7 @@ def load_catalog(layout: RunLayout) -> ray.data.Dataset:
 
 def read_rejects(layout: RunLayout) -> pa.Table:
     return pq.read_table(layout.rejects)
+
+
+def read_field_warnings(layout: RunLayout) -> pa.Table:
+    return pq.read_table(layout.field_warnings)

@@ -5,7 +5,7 @@ genre vocabulary from the training movies' counts -> TorchTrainer fed by Ray Dat
 weights exported with model.save_classifier -> test metrics computed once, on movies training never saw (trainer).
 """
 
-from genre_ray.train.data import TrainingData, TrainingDataError, Vocabulary, labelled_movies, prepare
+from genre_ray.train.data import TrainingData, Vocabulary, labelled_movies, prepare
 from genre_ray.train.loop import READ_WINDOW, classification_metrics, predict_proba, tune_threshold
 from genre_ray.train.trainer import (
     HISTORY,
@@ -24,7 +24,6 @@ __all__ = [
     "READ_WINDOW",
     "TrainResult",
     "TrainingData",
-    "TrainingDataError",
     "Vocabulary",
     "build_trainer",
     "classification_metrics",

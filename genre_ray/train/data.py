@@ -25,15 +25,12 @@ import ray.data
 
 from genre_ray import split as splits
 from genre_ray.config import Config
+from genre_ray.errors import PreconditionError
 from genre_ray.layout import RunLayout
 
 # rows per join partition: keeps each hash-join partition a few hundred MB at 384-d float32
 JOIN_ROWS_PER_PARTITION = 250_000
 _SPLITS = ("train", "val", "test")
-
-
-class TrainingDataError(ValueError):
-    """The catalog cannot train a classifier; the message says what to fix."""
 
 
 def labelled_movies(layout: RunLayout, embeddings: ray.data.Dataset | pa.Table | None = None) -> ray.data.Dataset:
@@ -69,16 +66,18 @@ def _labelled_only(batch: pa.Table) -> pa.Table:
 
 
 def with_split(batch: pa.Table, seed: int, val_fraction: float) -> pa.Table:
-    """Drops unlabelled rows; adds `split` and `u` (the id's uniform hash in [0, 1): row key, val sample)."""
-    batch = batch.filter(pc.greater(pc.list_value_length(batch["genres"]), 0))
+    """Adds `split` (train / val / test; "none" for a movie without genres) and `u` (the id's uniform hash in
+    [0, 1): the row key, and what picks the val sample)."""
     ids = batch["movie_id"].to_pylist()
     u = np.array([splits.unit(m, seed) for m in ids], dtype=np.float64)
-    part = [splits.split_at(x, val_fraction) for x in u]
+    labelled = pc.fill_null(pc.greater(pc.list_value_length(batch["genres"]), 0), False).to_pylist()
+    part = [splits.split_at(x, val_fraction) if ok else "none" for x, ok in zip(u, labelled, strict=True)]
     return batch.append_column("split", pa.array(part, pa.string())).append_column("u", pa.array(u))
 
 
 def _genre_counts(batch: pa.Table) -> pa.Table:
-    """Partial aggregate of one batch: (split, genre, n); genre "" counts the split's movies."""
+    """Partial aggregate of one batch: (split, genre, n); genre "" counts the split's movies (split "none": the
+    movies without genres)."""
     flat = pc.list_flatten(batch["genres"])
     owner = pc.take(batch["split"], pc.list_parent_indices(batch["genres"]))
     # a genre listed twice for one movie counts once
@@ -110,23 +109,56 @@ def vocabulary(split_rows: ray.data.Dataset, cfg: Config) -> Vocabulary:
         for s, g, n in zip(part["split"].to_pylist(), part["genre"].to_pylist(), part["n"].to_pylist(), strict=True):
             totals[s, g] += n
     rows = {s: totals[s, ""] for s in _SPLITS}
-    if rows["train"] == 0:
-        raise TrainingDataError(
-            "no labelled movie with an embedding: give the catalog a genres column (or check the embed stage ran)"
+    labelled, unlabelled = sum(rows.values()), totals["none", ""]
+    if labelled + unlabelled == 0:
+        raise PreconditionError(
+            "train: no catalog movie has an embedding: run ingest on a catalog with usable rows, then embed "
+            "(catalog/accounting.json says what ingest kept)"
         )
-    if rows["val"] == 0:
-        raise TrainingDataError(
-            f"{rows['train']} labelled movies leave none for validation: add labelled movies or raise "
-            "train.val_fraction"
+    if labelled == 0:
+        raise no_labels(unlabelled)
+    if rows["train"] == 0 or rows["val"] == 0:
+        raise PreconditionError(
+            f"train: {labelled} labelled movies split into {rows['train']} train / {rows['val']} val / "
+            f"{rows['test']} test; training needs at least one in train and in val "
+            f"(train.val_fraction={cfg.train.val_fraction:g}): add labelled movies to the catalog"
         )
     min_count = max(cfg.train.min_genre_count, math.ceil(cfg.train.min_genre_fraction * rows["train"]))
-    vocab = sorted(g for (s, g), n in totals.items() if s == "train" and g and n >= min_count)
+    train_counts = Counter({g: n for (s, g), n in totals.items() if s == "train" and g})
+    vocab = sorted(g for g, n in train_counts.items() if n >= min_count)
     if len(vocab) < 2:
-        raise TrainingDataError(
-            f"{len(vocab)} genre(s) with >= {min_count} training movies ({vocab}): a genre classifier needs at least "
-            "two; add labelled movies or lower train.min_genre_fraction / train.min_genre_count"
+        found = ", ".join(f"{g} ({c})" for g, c in train_counts.most_common(5)) or "none"
+        raise PreconditionError(
+            f"train: {len(vocab)} genre(s) with at least {min_count} of the {rows['train']} training movies "
+            f"(most frequent: {found}); a genre spectrum needs two or more. Check the genres column and "
+            "catalog.genre_separator (one compound name per film, e.g. 'Action/Comedy', needs the separator), "
+            "or lower train.min_genre_fraction / train.min_genre_count"
         )
-    return Vocabulary(vocab, rows, [totals["train", g] for g in vocab])
+    return Vocabulary(vocab, rows, [train_counts[g] for g in vocab])
+
+
+def no_labels(n_movies: int) -> PreconditionError:
+    return PreconditionError(
+        f"train: none of the {n_movies} catalog movies has genres, so there is nothing to learn: give the catalog "
+        "a genres column (mapped adapter: catalog.columns.genres, catalog.genre_separator) and run ingest and "
+        "embed again"
+    )
+
+
+def check_catalog(layout: RunLayout) -> None:
+    """Fail early, with what to fix, on a catalog that cannot train: counted from Parquet, nothing gathered."""
+    import pyarrow.dataset as pads
+
+    files = sorted(str(f) for f in layout.movies.glob("*.parquet"))
+    dataset = pads.dataset(files, format="parquet") if files else None
+    total = dataset.count_rows() if dataset else 0
+    if total == 0:
+        raise PreconditionError(
+            f"train: the catalog in {layout.movies} has no movies: run ingest on a catalog with usable rows "
+            "(catalog/accounting.json says what it kept)"
+        )
+    if dataset.count_rows(filter=~pc.field("no_genres")) == 0:
+        raise no_labels(total)
 
 
 # ---------------------------------------------------------------------------------------------------- labels

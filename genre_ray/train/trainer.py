@@ -25,7 +25,7 @@ from genre_ray import split as splits
 from genre_ray.config import Config, TrainConfig
 from genre_ray.layout import RunLayout, atomic_write_text
 from genre_ray.model import ClassifierSpec, GenreClassifier, save_classifier
-from genre_ray.train.data import TrainingData, labelled_movies, prepare, read_arrays
+from genre_ray.train.data import TrainingData, check_catalog, labelled_movies, prepare, read_arrays
 from genre_ray.train.loop import BEST, PROGRESS, classification_metrics, predict_proba, train_loop, tune_threshold
 
 HISTORY = "history.json"
@@ -215,4 +215,5 @@ def train_classifier(
     from genre_ray.runtime import init_ray
 
     init_ray(cfg.ray)
+    check_catalog(layout)
     return train_on_data(cfg, layout, prepare(labelled_movies(layout, embeddings), cfg))

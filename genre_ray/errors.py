@@ -1,0 +1,10 @@
+"""Errors that mean "the input cannot give a useful result", as opposed to bugs.
+
+The CLI and the job entry points print their message (which says what to fix) instead of a traceback.
+"""
+
+from __future__ import annotations
+
+
+class PreconditionError(ValueError):
+    """A stage's input is valid but cannot produce anything useful (e.g. no labelled movies to train on)."""
