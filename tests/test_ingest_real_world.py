@@ -279,3 +279,12 @@ def test_a_big_parquet_file_is_read_by_several_tasks_with_the_same_result(ray_se
         (28, f"duplicate id 5: kept {src} row 5"),
     }
     assert [(w["source_row"], w["field"]) for w in warnings] == [(17, "votes")]
+
+
+def test_a_catalog_of_empty_files_fails_instead_of_publishing_nothing(ray_session, tmp_path):
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("movie_id,title,genres\n", encoding="utf-8")
+    with pytest.raises(
+        CatalogUnusable, match=r"catalog: 0 rows in \(.*empty\.csv, .*header\.csv: every file is empty\)"
+    ):
+        ingest_into(tmp_path / "run", [DATA / "empty.csv", header_only])
