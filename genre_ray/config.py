@@ -45,6 +45,8 @@ class CatalogConfig(Section):
     strict: bool = False
     # the run stops after ingest, publishing nothing, when more than this share of rows is rejected (or none is usable)
     max_reject_fraction: float = Field(0.2, ge=0.0, le=1.0)
+    # a Parquet file with more rows is read by several tasks, each a run of whole row groups of about this many rows
+    parquet_rows_per_task: int = Field(500_000, gt=0)
     max_overview_chars: int = Field(20_000, gt=0)
     max_title_chars: int = Field(1_000, gt=0)
 

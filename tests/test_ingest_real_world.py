@@ -247,3 +247,45 @@ def test_training_preconditions_say_what_to_fix(ray_session, tmp_path, capsys):
     assert main(["train", "--workdir", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "error: train: none of the 40 catalog movies has genres" in err and "Traceback" not in err
+
+
+def test_a_big_parquet_file_is_read_by_several_tasks_with_the_same_result(ray_session, tmp_path):
+    import pyarrow.parquet as pq
+
+    from genre_ray.catalog.sources import SourceFile, split_parquet
+
+    rows = [{"movie_id": str(i), "title": f"T{i}", "genres": ["Drama"], "votes": str(i)} for i in range(35)]
+    rows[3]["title"] = None  # rejected
+    rows[17]["votes"] = "many"  # kept, warned
+    rows[28]["movie_id"] = "5"  # a duplicate of a row in another part
+    src = tmp_path / "big.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), src, row_group_size=10)
+    parts = split_parquet(SourceFile(0, str(src), "parquet"), rows_per_task=10)
+    assert [(p.row_groups, p.first_row) for p in parts] == [((0, 1), 0), ((1, 2), 10), ((2, 3), 20), ((3, 4), 30)]
+
+    outputs = []
+    for name, per_task in (("whole", 1_000_000), ("split", 10)):
+        layout, result = ingest_into(tmp_path / name, [src], parquet_rows_per_task=per_task)
+        rejects = pq_rows(layout.rejects)
+        warnings = read_field_warnings(layout).to_pylist()
+        catalog = read_catalog(layout).drop_columns(["source_file"]).to_pylist()
+        counts = {k: v for k, v in result.to_json().items() if k != "seconds"}
+        outputs.append((catalog, [r | {"source_file": None} for r in rejects], warnings, counts))
+    assert outputs[0] == outputs[1]
+    catalog, rejects, warnings, counts = outputs[1]
+    assert (counts["rows_in"], counts["rows_ok"], counts["rows_rejected"]) == (35, 33, 2)
+    assert [r["source_row"] for r in catalog] == [i for i in range(35) if i not in (3, 28)]
+    assert {(r["source_row"], r["reason"]) for r in rejects} == {
+        (3, "missing title"),
+        (28, f"duplicate id 5: kept {src} row 5"),
+    }
+    assert [(w["source_row"], w["field"]) for w in warnings] == [(17, "votes")]
+
+
+def test_a_catalog_of_empty_files_fails_instead_of_publishing_nothing(ray_session, tmp_path):
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("movie_id,title,genres\n", encoding="utf-8")
+    with pytest.raises(
+        CatalogUnusable, match=r"catalog: 0 rows in \(.*empty\.csv, .*header\.csv: every file is empty\)"
+    ):
+        ingest_into(tmp_path / "run", [DATA / "empty.csv", header_only])

@@ -19,7 +19,7 @@ import io
 import itertools
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import fsspec
@@ -56,6 +56,30 @@ class SourceFile:
     index: int  # position in the deterministic file order: duplicates keep the row from the lowest index
     path: str  # a local path or a URI with its protocol
     format: Format
+    # A part of a big Parquet file read by its own task: row groups [start, stop), whose first row is `first_row`.
+    # None: the whole file.
+    row_groups: tuple[int, int] | None = None
+    first_row: int = 0
+
+
+def split_parquet(src: SourceFile, rows_per_task: int) -> list[SourceFile]:
+    """A Parquet file as parts of whole row groups with about `rows_per_task` rows each, so one big file is read by
+    several tasks; rows keep their file-wide index, so order, duplicates and rejects are as for one task."""
+    if src.format != "parquet":
+        return [src]
+    try:
+        with fsspec.open(src.path, "rb") as f:
+            meta = pq.ParquetFile(f).metadata
+    except Exception:  # a corrupt file: its one task reports it, naming the file
+        return [src]
+    parts: list[SourceFile] = []
+    start = first = rows = 0
+    for g in range(meta.num_row_groups):
+        rows += meta.row_group(g).num_rows
+        if rows >= rows_per_task or g == meta.num_row_groups - 1:
+            parts.append(replace(src, row_groups=(start, g + 1), first_row=first))
+            start, first, rows = g + 1, first + rows, 0
+    return parts if len(parts) > 1 else [src]
 
 
 @dataclass
@@ -142,7 +166,7 @@ def expand_paths(paths: Sequence[str], fmt: Format | Literal["auto"] = "auto") -
 def read_records(src: SourceFile) -> tuple[list[str], Iterator[Record]]:
     """The file's column names and an iterator over its records."""
     if src.format == "parquet":
-        return _parquet_records(src.path)
+        return _parquet_records(src.path, src.row_groups, src.first_row)
     if src.format == "jsonl" and _first_char(src.path) == "[":
         return _json_array_records(src.path)
     with fsspec.open(src.path, "rb", compression="infer") as f:
@@ -317,21 +341,24 @@ def _json_array_body(head: list[Any], rest: Iterator[Any]) -> Iterator[Record]:
             yield Record(row=row, values=None, error=error, error_kind="not a JSON object", _raw=raw)
 
 
-def _parquet_records(path: str) -> tuple[list[str], Iterator[Record]]:
+def _parquet_records(
+    path: str, row_groups: tuple[int, int] | None = None, first_row: int = 0
+) -> tuple[list[str], Iterator[Record]]:
     f = fsspec.open(path, "rb").open()
     try:
         pf = pq.ParquetFile(f)
     except Exception as err:  # pyarrow raises several types for a corrupt file; all mean "not usable"
         f.close()
         raise CatalogError(f"{path}: not a readable Parquet file: {err}") from None
-    return list(pf.schema_arrow.names), _parquet_body(pf, f)
+    groups = range(*row_groups) if row_groups is not None else None
+    return list(pf.schema_arrow.names), _parquet_body(pf, f, groups, first_row)
 
 
-def _parquet_body(pf: pq.ParquetFile, f: Any) -> Iterator[Record]:
-    row = 0
+def _parquet_body(pf: pq.ParquetFile, f: Any, groups: range | None, first_row: int) -> Iterator[Record]:
+    row = first_row
     try:
         # Batches bound memory on large files; Python rows because validation is per value anyway.
-        for batch in pf.iter_batches(batch_size=16_384):
+        for batch in pf.iter_batches(batch_size=16_384, row_groups=groups):
             for values in batch.to_pylist():
                 yield Record(row=row, values=values)
                 row += 1

@@ -2,7 +2,8 @@
 
 Shape, chosen so it scales with the number of files and stays cheap for one small file:
 1. The driver expands `catalog.paths` into an ordered file list (config errors surface here, naming the path).
-2. One Ray task per file reads, adapts and validates it, and builds each row's document and content hash. Its
+2. One Ray task per file (per catalog.parquet_rows_per_task rows of whole row groups of a big Parquet file) reads,
+   adapts and validates it, and builds each row's document and content hash. Its
    catalog rows stay in the object store as one Arrow block; only its rejects and counts come back to the driver.
 3. The blocks become a Ray Dataset. Duplicate ids are found from two narrow columns (movie_id, order key): on
    the driver up to DRIVER_DEDUP_MAX_ROWS rows, by a Ray groupby above, so no shuffle ever carries documents.
@@ -42,7 +43,15 @@ from ray.data.context import ShuffleStrategy
 
 from genre_ray import schema
 from genre_ray.catalog.adapters import BUILTIN, Adapter, FieldWarning, Limits, RowError, detect, mapped
-from genre_ray.catalog.sources import CatalogError, Record, SourceFile, expand_paths, printable, read_records
+from genre_ray.catalog.sources import (
+    CatalogError,
+    Record,
+    SourceFile,
+    expand_paths,
+    printable,
+    read_records,
+    split_parquet,
+)
 from genre_ray.config import CatalogConfig, Config, TextConfig
 from genre_ray.layout import RunLayout, atomic_write, atomic_write_text
 from genre_ray.runtime import init_ray
@@ -412,8 +421,9 @@ def ingest(cfg: Config, layout: RunLayout) -> IngestResult:
     enc_id = encoder_id(cfg.encoder.model, cfg.encoder.max_length, cfg.encoder.pooling, cfg.encoder.normalize)
     init_ray(cfg.ray)
 
-    calls = [_parse_file_task.remote(src, cfg.catalog, cfg.text, enc_id) for src in files]
-    reports: list[FileReport] = ray.get([c[4] for c in calls])
+    parts = [part for src in files for part in split_parquet(src, cfg.catalog.parquet_rows_per_task)]
+    calls = [_parse_file_task.remote(src, cfg.catalog, cfg.text, enc_id) for src in parts]
+    reports = _merge_parts(ray.get([c[4] for c in calls]))
     for rep in reports:
         if rep.error:
             raise CatalogError(rep.error)
@@ -453,6 +463,30 @@ def ingest(cfg: Config, layout: RunLayout) -> IngestResult:
     if result.error is not None:
         raise CatalogUnusable(f"{result.error}\n  every reject: {layout.rejects}", result)
     return result
+
+
+def _merge_parts(parts: list[FileReport]) -> list[FileReport]:
+    """One report per file from the reports of its parts (in file order; a file's parts are adjacent and in order)."""
+    merged: dict[str, FileReport] = {}
+    for part in parts:
+        rep = merged.get(part.path)
+        if rep is None:
+            merged[part.path] = part
+            continue
+        for name in ("rows_in", "rows_ok", "rows_rejected", "no_overview", "no_genres", "empty_documents"):
+            setattr(rep, name, getattr(rep, name) + getattr(part, name))
+        rep.rows_with_field_warnings += part.rows_with_field_warnings
+        for mine, theirs in (
+            (rep.rejects_by_reason, part.rejects_by_reason),
+            (rep.field_warnings_by_reason, part.field_warnings_by_reason),
+        ):
+            for key, n in theirs.items():
+                mine[key] = mine.get(key, 0) + n
+        for key, example in part.examples.items():
+            rep.examples.setdefault(key, example)
+        rep.warnings.extend(w for w in part.warnings if w not in rep.warnings)
+        rep.error = rep.error or part.error
+    return list(merged.values())
 
 
 def _write_movies(kept: ray.data.Dataset, layout: RunLayout) -> None:
