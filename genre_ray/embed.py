@@ -279,7 +279,7 @@ def embed_catalog(cfg: Config, layout: RunLayout) -> EmbedStats:
     if incremental and n_embed == 0 and n_removed == 0:
         assert stored is not None
         stats = _stats(start, diff, 0, 0, None, {}, "unchanged", stored.version, enc_id)
-        print(stats.summary(), flush=True)
+        log.info("%s", stats.summary())
         return stats
 
     plan = None
@@ -305,7 +305,7 @@ def embed_catalog(cfg: Config, layout: RunLayout) -> EmbedStats:
         stored.delete(_sql_in("movie_id", diff.removed))
     version = lance.dataset(str(uri)).version
     stats = _stats(start, diff, n_embed, n_removed, plan, totals, "full" if full else "incremental", version, enc_id)
-    print(stats.summary(), flush=True)
+    log.info("%s", stats.summary())
     return stats
 
 

@@ -140,6 +140,7 @@ def init_ray(cfg: RayConfig) -> None:
     # Worker stdout/stderr (Ray Train's stale dataset progress line, PlacementGroupCleaner warnings, Lance and
     # transformers output in actors) stays in Ray's session logs unless --verbose; failures still raise here.
     log_to_driver = OUTPUT.verbose
+    route_ray_loggers()  # before too: ray.init itself logs through the handlers `import ray` installed
     try:
         if address:
             log.info("connecting to Ray cluster at %s", address)
