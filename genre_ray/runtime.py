@@ -70,6 +70,19 @@ class _OwnRecords(logging.Filter):
         return record.levelno >= logging.ERROR or (own and record.levelno >= self.level)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record is emitted (pytest's capture, a redirected stream), not to
+    the one that was current when the handler was made."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
+
+
 _DATA_PROGRESS_LOGGER = "ray.data._internal.progress.logging_progress"
 
 
@@ -82,7 +95,7 @@ def configure_output(verbose: bool, log_file: Path | None = None, console_level:
     for handler in list(root.handlers):
         root.removeHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    console = logging.StreamHandler(sys.stderr)
+    console = _StderrHandler()
     console.setFormatter(logging.Formatter(LOG_FORMAT))
     if verbose:
         console.setLevel(logging.DEBUG)
