@@ -37,8 +37,10 @@ def plan(args: argparse.Namespace, out: Path) -> list[Step]:
     gpu = "no" if args.dry_run else "yes"
     n, epochs = (64, 1) if args.dry_run else (args.n, args.epochs)
     backends = ["--backends", "torch"]  # a GPU always runs torch (bf16); on --dry-run keep the CPU part short
+    # The timeouts are the GPU lease's budget; a dry run on a small (maybe busy) CPU gets more room.
+    scale = 4 if args.dry_run else 1
     return [
-        Step("synthetic catalog", [py, "-m", "genre_ray.synthetic", "--n", str(n), "--out", str(catalog)], 60),
+        Step("synthetic catalog", [py, "-m", "genre_ray.synthetic", "--n", str(n), "--out", str(catalog)], 60 * scale),
         Step(
             "embed bench",
             [
@@ -55,7 +57,7 @@ def plan(args: argparse.Namespace, out: Path) -> list[Step]:
                 str(out / "bench-embed"),
                 *backends,
             ],
-            180,
+            180 * scale,
         ),
         Step(
             "pipeline on the GPU",
@@ -76,7 +78,7 @@ def plan(args: argparse.Namespace, out: Path) -> list[Step]:
                 "--set",
                 f"train.use_gpu={gpu}",
             ],
-            150,
+            150 * scale,
         ),
     ]
 
