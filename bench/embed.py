@@ -1,6 +1,7 @@
-"""Embedding throughput: plain transformers loop vs sentence-transformers vs the Ray pipeline, same documents.
+"""Embedding throughput: plain transformers loop vs sentence-transformers vs the encoder's CPU backends vs the Ray
+pipeline with each backend, same documents, one run (so ratios hold even on a busy machine).
 
-    python -m bench.embed [--n 1000] [--batch-size 64] [--workdir DIR]
+    python -m bench.embed [--n 1000] [--batch-size 64] [--backends torch onnx-int8] [--workdir DIR]
 
 Documents: the first N movies of the TMDB catalog, normalised by the catalog stage (catalog.ingest) and rendered
 by the text stage, i.e. exactly what `embed_catalog` sees in a real run. The Ray row is steady state: from the
@@ -11,6 +12,7 @@ model load (reported on their own rows) are not in it. All rows count the same r
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -37,12 +39,15 @@ class Row:
     note: str = ""
 
 
-def catalog_slice(cfg: Config, workdir: Path, n: int) -> pa.Table:
-    """The first n rows of the normalised TMDB catalog, as the catalog + text stages produce it."""
+def catalog_slice(cfg: Config, workdir: Path, n: int, catalog: Path | None = None) -> pa.Table:
+    """The first n rows of the normalised catalog (TMDB, or `catalog`), as the catalog + text stages produce it."""
     from genre_ray.catalog import ingest, read_catalog
 
     layout = RunLayout.of(workdir / "source")
-    ingest(cfg, layout)
+    source = cfg if catalog is None else cfg.model_copy(deep=True)
+    if catalog is not None:
+        source.catalog.paths = [str(catalog)]
+    ingest(source, layout)
     return read_catalog(layout).slice(0, n)
 
 
@@ -76,6 +81,15 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1000, help="documents (default 1000: minutes, not hours, on 2 cores)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a temp dir)")
+    ap.add_argument(
+        "--backends",
+        nargs="+",
+        default=["torch", "onnx-int8"],
+        choices=["torch", "onnx", "onnx-int8"],
+        help="encoder.cpu_backend values to time (CPU only; a GPU runs torch)",
+    )
+    ap.add_argument("--catalog", type=Path, default=None, help="catalog file instead of TMDB (e.g. a synthetic one)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the table as JSON here")
     args = ap.parse_args()
     set_offline_env()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-embed-"))
@@ -90,7 +104,7 @@ def main() -> None:
     init_ray(cfg.ray)
     ray_start = time.perf_counter() - t0
 
-    table = catalog_slice(cfg, workdir, args.n)
+    table = catalog_slice(cfg, workdir, args.n, args.catalog)
     docs = table["document"].to_pylist()
     n = len(docs)
     print(f"{n} TMDB documents, batch size {args.batch_size}, device {device}, torch threads {torch.get_num_threads()}")
@@ -123,42 +137,71 @@ def main() -> None:
     t0 = time.perf_counter()
     st_vectors = st_model.encode(docs, batch_size=args.batch_size, normalize_embeddings=True)
     rows.append(Row("sentence-transformers encode", n, time.perf_counter() - t0, tokens, "sorts by length itself"))
+    vectors: dict[str, np.ndarray] = {"sentence-transformers encode": st_vectors}
     del st_model
+
+    backends = ["torch"] if device != "cpu" else args.backends
+    for backend in (b for b in backends if b != "torch"):
+        # The same encoder a CPU actor runs, in this one process: what Ray's steady state is compared with.
+        enc = TextEncoder(cfg.encoder.model_copy(update={"cpu_backend": backend}), device=device)
+        enc.encode(docs[: args.batch_size], args.batch_size)  # session warm-up
+        t0 = time.perf_counter()
+        name = f"encoder {backend}, one process"
+        vectors[name], st = enc.encode_with_stats(docs, args.batch_size)
+        rows.append(Row(name, n, time.perf_counter() - t0, st.tokens, f"sorted, padding {st.padding_fraction:.0%}"))
+        del enc
 
     from genre_ray.embed import embed_catalog, read_embeddings
     from genre_ray.schema import vector_matrix
 
-    layout = RunLayout.of(cfg.workdir)
-    layout.movies.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, layout.movies / "part-0.parquet")
-    stats = embed_catalog(cfg, layout)
-    stored = read_embeddings(layout)
-    order = {m: i for i, m in enumerate(stored["movie_id"].to_pylist())}
-    ray_vectors = vector_matrix(stored["embedding"])[[order[m] for m in table["movie_id"].to_pylist()]]
-    rows.append(
-        Row(
-            "ray pipeline, steady state",
-            n,
-            stats.steady_seconds,
-            stats.tokens,
-            f"padding {stats.padding_fraction:.0%}, {stats.plan.describe() if stats.plan else ''}",
+    load = {}
+    for backend in backends:
+        run_cfg = cfg.model_copy(deep=True, update={"workdir": str(workdir / f"run-{backend}")})
+        run_cfg.encoder.cpu_backend = backend
+        layout = RunLayout.of(run_cfg.workdir)
+        layout.movies.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, layout.movies / "part-0.parquet")
+        stats = embed_catalog(run_cfg, layout)
+        stored = read_embeddings(layout)
+        order = {m: i for i, m in enumerate(stored["movie_id"].to_pylist())}
+        name = f"ray pipeline {backend}, steady state"
+        vectors[name] = vector_matrix(stored["embedding"])[[order[m] for m in table["movie_id"].to_pylist()]]
+        plan = stats.plan.describe() if stats.plan else ""
+        rows.append(Row(name, n, stats.steady_seconds, stats.tokens, f"padding {stats.padding_fraction:.0%}, {plan}"))
+        rows.append(
+            Row(f"ray pipeline {backend}, end to end", n, stats.seconds, stats.tokens, "incl. actor start, load, write")
         )
-    )
-    rows.append(Row("ray pipeline, end to end", n, stats.seconds, stats.tokens, "incl. actor start, model load, write"))
+        load[backend] = stats.model_load_seconds
 
     base = rows[0].seconds
-    print(f"\n| method | docs | seconds | docs/s | tokens/s | vs plain loop | note |\n|{' --- |' * 7}")
+    print("\n| method | docs | seconds | docs/s | tokens/s | vs plain loop | cosine vs plain: mean / min | note |")
+    print(f"|{' --- |' * 8}")
     for r in rows:
+        v = vectors.get(r.method.replace(", end to end", ", steady state"))
+        cos = (v * reference).sum(axis=1) if v is not None else np.ones(1)
         print(
             f"| {r.method} | {r.docs} | {r.seconds:.1f} | {r.docs / r.seconds:.1f} | {r.tokens / r.seconds:.0f} | "
-            f"{base / r.seconds:.2f}x | {r.note} |"
+            f"{base / r.seconds:.2f}x | {cos.mean():.4f} / {cos.min():.4f} | {r.note} |"
         )
-    print(f"\nRay start {ray_start:.1f}s, actor model load {stats.model_load_seconds:.1f}s (not in steady state)")
-    cos_ray = (ray_vectors * reference).sum(axis=1)
-    cos_st = (st_vectors * reference).sum(axis=1)
-    print(
-        f"agreement with the plain loop: min cosine ray {cos_ray.min():.5f}, sentence-transformers {cos_st.min():.5f}"
-    )
+    loads = ", ".join(f"{b} {s:.1f}s" for b, s in load.items())
+    print(f"\nRay start {ray_start:.1f}s, actor model load: {loads} (not in steady state)")
+    if args.json:
+        out = {
+            "docs": n,
+            "device": device,
+            "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
+            "batch_size": args.batch_size,
+            "torch_threads": torch.get_num_threads(),
+            "ray_start_seconds": ray_start,
+            "model_load_seconds": load,
+            "rows": [
+                {"method": r.method, "docs": r.docs, "seconds": r.seconds, "docs_per_s": r.docs / r.seconds}
+                | {"tokens_per_s": r.tokens / r.seconds, "vs_plain": base / r.seconds, "note": r.note}
+                for r in rows
+            ],
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

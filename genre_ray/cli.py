@@ -20,6 +20,8 @@ log = logging.getLogger("genre_ray")
 SAMPLE_TITLE = "Alien"
 # exit status when another process holds the store's writer lease (1: a failed run, 2: bad config)
 LEASE_HELD = 3
+# Commands that run pipeline stages: they get a log file in the workdir and the quiet Ray output.
+STAGE_COMMANDS = ("run", "nightly", "ingest", "embed", "train", "publish", "evaluate")
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -78,12 +80,35 @@ def _stage_cmd(stages: list[str]):
         report = run_stages(
             cfg, plan, promote=getattr(args, "promote", False), break_lock=getattr(args, "break_lock", False)
         )
+        # The end of the output is what a person reads: accounting, timings, where the record is, the sample.
+        for line in _closing_lines(report):
+            print(line)
         print(f"run {report.run_id} {report.status}: {RunLayout.of(cfg.workdir).run_json}")
         if "publish" in report.outputs and getattr(args, "sample", True):
             _print_sample(cfg)
         return 0
 
     return run
+
+
+def _closing_lines(report: Any) -> list[str]:
+    """The row ledger and per-stage timings of a finished run, one line each."""
+    ledger = report.ledger
+    lines = []
+    if "catalog_in" in ledger:
+        rows = f"rows: {ledger['catalog_in']} in = {ledger['catalog_ok']} ok + {ledger['catalog_rejected']} rejected"
+        if "embedded" in ledger:
+            rows += f" | {ledger['embedded']} embedded, {ledger['reused']} reused, {ledger['removed']} removed"
+        if "published" in ledger:
+            rows += f" | {ledger['published']} published"
+        if "consistent" in ledger:
+            rows += " (every ok row served)" if ledger["consistent"] else " (MISMATCH: see run.json)"
+        lines.append(rows)
+    timed = {k: v["seconds"] for k, v in report.results.items() if "seconds" in v}
+    if timed:
+        parts = " | ".join(f"{k} {v:.1f}s" for k, v in timed.items())
+        lines.append(f"stages: {parts} | total {sum(timed.values()):.1f}s")
+    return lines
 
 
 def _print_sample(cfg: Config) -> None:
@@ -292,19 +317,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from genre_ray.runtime import configure_output
+
+    configure_output(args.verbose)
     try:
         cfg = config_from_args(args)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.command in STAGE_COMMANDS:
+        # Ray's, Lance's and the libraries' chatter goes here; the terminal keeps progress and summaries.
+        log_file = RunLayout.of(cfg.workdir).root / "logs" / "genre-ray.log"
+        configure_output(args.verbose, log_file)
+        print(f"log: {log_file}" + ("" if args.verbose else " (Ray and library messages; --verbose shows them here)"))
     from genre_ray.catalog import CatalogError
     from genre_ray.errors import PreconditionError
     from genre_ray.model import ModelError
     from genre_ray.recommend import BadQuery
+    from genre_ray.runtime import RayConnectError
     from genre_ray.store import LeaseError, StoreError
     from genre_ray.text import TemplateError
 
@@ -317,7 +347,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BadQuery as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (LookupError, CatalogError, StoreError, TemplateError, ModelError, PreconditionError) as err:
+    except (
+        LookupError,
+        CatalogError,
+        StoreError,
+        TemplateError,
+        ModelError,
+        PreconditionError,
+        RayConnectError,
+    ) as err:
         # Problems with the input or the run's state, not bugs: a message, not a traceback.
         print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
         return 1

@@ -80,6 +80,10 @@ class EncoderConfig(Section):
     normalize: bool = True
     # auto: bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    # How a CPU actor runs the model. torch: fp32, the reference. onnx: ONNX Runtime fp32 (same vectors).
+    # onnx-int8: ONNX Runtime with a dynamic int8 model exported locally from the same weights (bench/embed.py:
+    # ~1.5-2.5x torch on 2 cores, cosine vs fp32 mean 0.99, min 0.97). GPUs always run torch in `dtype`.
+    cpu_backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
 
 
 class EmbedConfig(Section):

@@ -26,10 +26,9 @@ import ray
 from genre_ray import schema
 from genre_ray.catalog import read_catalog
 from genre_ray.config import Config, EmbedConfig, EncoderConfig
-from genre_ray.encoder import EncodeStats, TextEncoder, encoder_dim
+from genre_ray.encoder import EncodeStats, TextEncoder, encoder_dim, encoder_id_for
 from genre_ray.layout import RunLayout
 from genre_ray.runtime import init_ray
-from genre_ray.text import encoder_id
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +233,16 @@ def _diff(catalog_keys: pa.Table, stored_keys: pa.Table) -> _Diff:
     return _Diff(new["movie_id"].combine_chunks(), gone["movie_id"].combine_chunks(), catalog_keys.num_rows)
 
 
+def _current_keys(stored: lance.LanceDataset, enc_id: str) -> pa.Table:
+    """Stored (movie_id, content_hash), with the hash blanked where another encoder (backend) made the row: such a
+    row diffs as changed and is re-embedded when encoder.cpu_backend switches (the hash alone would not change),
+    while its movie_id still counts for removals."""
+    keys = stored.to_table(columns=["movie_id", "content_hash", "encoder_id"])
+    same = pc.equal(keys["encoder_id"], enc_id)
+    hashes = pc.if_else(same, keys["content_hash"], pa.scalar(None, keys.schema.field("content_hash").type))
+    return pa.table({"movie_id": keys["movie_id"], "content_hash": hashes})
+
+
 def _sql_in(column: str, values: pa.Array) -> str:
     quoted = ",".join("'" + str(v).replace("'", "''") + "'" for v in values.to_pylist())
     return f"{column} IN ({quoted})"
@@ -253,13 +262,15 @@ def embed_catalog(cfg: Config, layout: RunLayout) -> EmbedStats:
     uri = embeddings_uri(layout)
     uri.parent.mkdir(parents=True, exist_ok=True)
     out_schema = schema.embeddings_schema(encoder_dim(cfg.encoder))
-    enc_id = encoder_id(cfg.encoder.model, cfg.encoder.max_length, cfg.encoder.pooling, cfg.encoder.normalize)
+    full_plan = plan_actors(cfg.embed, ray.cluster_resources())
+    # The id of what this run's actors will produce: the CPU backend (torch / onnx-int8) is part of it.
+    enc_id = encoder_id_for(cfg.encoder, full_plan.device)
 
     catalog_keys = read_catalog(layout, ["movie_id", "content_hash"])
     stored = _stored(uri)
     incremental = cfg.embed.incremental and stored is not None and stored.schema.equals(out_schema)
     if incremental:
-        diff = _diff(catalog_keys, stored.to_table(columns=["movie_id", "content_hash"]))
+        diff = _diff(catalog_keys, _current_keys(stored, enc_id))
     else:
         diff = _Diff(catalog_keys["movie_id"].combine_chunks(), pa.array([], pa.string()), catalog_keys.num_rows)
     n_embed, n_removed = len(diff.to_embed), len(diff.removed)
@@ -268,13 +279,13 @@ def embed_catalog(cfg: Config, layout: RunLayout) -> EmbedStats:
     if incremental and n_embed == 0 and n_removed == 0:
         assert stored is not None
         stats = _stats(start, diff, 0, 0, None, {}, "unchanged", stored.version, enc_id)
-        print(stats.summary(), flush=True)
+        log.info("%s", stats.summary())
         return stats
 
     plan = None
     totals: dict[str, Any] = {}
     if n_embed:
-        plan = plan_actors(cfg.embed, ray.cluster_resources()).limited_to(math.ceil(n_embed / cfg.embed.sort_window))
+        plan = full_plan.limited_to(math.ceil(n_embed / cfg.embed.sort_window))
         meter = EmbedMeter.remote()
         docs = ray.data.read_parquet(str(layout.movies), columns=INPUT_COLUMNS)
         if not full:
@@ -294,7 +305,7 @@ def embed_catalog(cfg: Config, layout: RunLayout) -> EmbedStats:
         stored.delete(_sql_in("movie_id", diff.removed))
     version = lance.dataset(str(uri)).version
     stats = _stats(start, diff, n_embed, n_removed, plan, totals, "full" if full else "incremental", version, enc_id)
-    print(stats.summary(), flush=True)
+    log.info("%s", stats.summary())
     return stats
 
 

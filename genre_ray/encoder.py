@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from genre_ray.config import EncoderConfig
 from genre_ray.text import encoder_id
@@ -61,6 +62,37 @@ class EncodeStats:
         return 1.0 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0
 
 
+def resolve_backend(cfg: EncoderConfig, device: str) -> str:
+    """GPUs run torch in cfg.dtype; CPUs run cfg.cpu_backend."""
+    return "torch" if str(device).startswith("cuda") else cfg.cpu_backend
+
+
+def encoder_id_for(cfg: EncoderConfig, device: str) -> str:
+    return encoder_id(cfg.model, cfg.max_length, cfg.pooling, cfg.normalize, resolve_backend(cfg, device))
+
+
+class _OrtModel:
+    """An ONNX Runtime session behind the same call as the torch model: ids + mask -> last hidden state."""
+
+    def __init__(self, path: str, int8: bool, threads: int):
+        import onnxruntime as ort
+
+        from genre_ray.onnx_export import onnx_model
+
+        options = ort.SessionOptions()
+        # The actor's thread budget, like torch.set_num_threads; inter-op parallelism only adds contention here.
+        options.intra_op_num_threads = max(1, threads)
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(onnx_model(path, int8)), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        (hidden,) = self.session.run(
+            ["last_hidden_state"], {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()}
+        )
+        return torch.from_numpy(hidden)
+
+
 class TextEncoder:
     """One model + tokenizer on one device. `encode` returns float32 [N, dim], rows in input order."""
 
@@ -69,18 +101,27 @@ class TextEncoder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        # transformers 5 draws a "Loading weights" bar per load: one per actor, pure noise in a run's output.
+        hf_logging.disable_progress_bar()
         self.cfg = cfg
         self.device = torch.device(device)
-        self.dtype = resolve_dtype(cfg.dtype, device)
+        self.backend = resolve_backend(cfg, device)
+        self.dtype = resolve_dtype(cfg.dtype, device) if self.backend == "torch" else torch.float32
         path = resolve_model_path(cfg.model)
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(path, local_files_only=True, dtype=self.dtype)
-        self.model.to(self.device).eval()
-        self.id = encoder_id(cfg.model, cfg.max_length, cfg.pooling, cfg.normalize)
+        self._dim = encoder_dim(cfg)
+        self.model: torch.nn.Module | None = None
+        self._ort: _OrtModel | None = None
+        if self.backend == "torch":
+            self.model = AutoModel.from_pretrained(path, local_files_only=True, dtype=self.dtype)
+            self.model.to(self.device).eval()
+        else:
+            self._ort = _OrtModel(path, int8=self.backend == "onnx-int8", threads=torch.get_num_threads())
+        self.id = encoder_id_for(cfg, device)
 
     @property
     def dim(self) -> int:
-        return int(self.model.config.hidden_size)
+        return self._dim
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         """Token ids per text, truncated to max_length, special tokens included, no padding."""
@@ -110,8 +151,12 @@ class TextEncoder:
     @torch.inference_mode()
     def _encode_ids(self, ids: list[list[int]]) -> np.ndarray:
         batch = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        hidden = self.model(**batch).last_hidden_state.float()
+        if self._ort is not None:
+            hidden = self._ort(batch["input_ids"], batch["attention_mask"])
+        else:
+            assert self.model is not None
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            hidden = self.model(**batch).last_hidden_state.float()
         if self.cfg.pooling == "cls":
             pooled = hidden[:, 0]
         else:

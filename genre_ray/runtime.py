@@ -6,18 +6,111 @@ import json
 import logging
 import os
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import ray
 from ray.data import DataContext
+from ray.exceptions import AuthenticationError
 
 from genre_ray.config import RayConfig
 
 log = logging.getLogger(__name__)
 
-# Nothing may reach a model hub at run time; workers inherit these through the runtime env.
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+# Nothing may reach a model hub at run time; workers inherit these through the runtime env. LANCE_LOG=error keeps
+# Lance's per-write "No existing dataset ... will be created" warnings out of the output.
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "LANCE_LOG": "error",
+}
 # Ray's job supervisor hands a submitted driver its job config (runtime_env included) in this variable.
 _JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+# Loggers Ray configures with their own console handlers (propagate=False), so the root logger never sees them.
+RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve")
+AUTH_HINT = (
+    "this Ray cluster uses token authentication (Ray >= 2.60 turns it on): set RAY_AUTH_MODE=token and, if the "
+    "token is not in ~/.ray/auth_token (where `ray start --head` writes it), RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH"
+)
+
+
+class RayConnectError(RuntimeError):
+    """ray.init could not connect; the message says what to set."""
+
+
+@dataclass
+class OutputSettings:
+    """How much of Ray reaches the terminal. Quiet (the default): worker logs stay in Ray's session logs, Ray's
+    own driver-side loggers write to the log file, Ray Data draws one total progress bar. Verbose: all of it."""
+
+    verbose: bool = False
+    log_file: Path | None = None
+    file_handler: logging.Handler | None = None
+
+
+OUTPUT = OutputSettings()
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _OwnRecords(logging.Filter):
+    """The terminal shows this project's own log records from `level` up, anyone's errors and Ray Data's
+    total-progress line; the rest goes to the file."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == _DATA_PROGRESS_LOGGER:
+            # Outside a terminal Ray Data logs its progress as 4-line blocks every few seconds: keep the one line
+            # that says how far it is ("Total Progress: 1200/4803 ...").
+            return str(record.msg).startswith("Total Progress")
+        own = record.name.split(".")[0] in ("genre_ray", "jobs")
+        return record.levelno >= logging.ERROR or (own and record.levelno >= self.level)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record is emitted (pytest's capture, a redirected stream), not to
+    the one that was current when the handler was made."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
+
+
+_DATA_PROGRESS_LOGGER = "ray.data._internal.progress.logging_progress"
+
+
+def configure_output(verbose: bool, log_file: Path | None = None, console_level: int = logging.WARNING) -> None:
+    """Logging for a command: everything at INFO (DEBUG if verbose) into `log_file`; on stderr, our own records
+    from `console_level` up plus any error, or every record when verbose. Call before init_ray."""
+    OUTPUT.verbose = verbose
+    OUTPUT.log_file = log_file
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    console = _StderrHandler()
+    console.setFormatter(logging.Formatter(LOG_FORMAT))
+    if verbose:
+        console.setLevel(logging.DEBUG)
+    else:
+        console.setLevel(logging.INFO)
+        console.addFilter(_OwnRecords(console_level))
+    root.addHandler(console)
+    OUTPUT.file_handler = None
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        OUTPUT.file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        OUTPUT.file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(OUTPUT.file_handler)
+    # Library warnings (deprecations, tracer notes) belong in the log file, not between progress bars.
+    logging.captureWarnings(not verbose)
 
 
 def set_offline_env() -> None:
@@ -26,10 +119,27 @@ def set_offline_env() -> None:
 
 
 def quiet_progress_in_logs() -> None:
-    """Outside a terminal (CI, `ray job submit` logs) Ray Data logs every operator's progress every few seconds,
-    which buries the stage summaries; keep its total-progress lines there. A terminal keeps the full bars."""
-    if not sys.stdout.isatty():
-        DataContext.get_current().enable_operator_progress_bars = False
+    """One progress bar per dataset (rows done / total, rate, ETA), not one per operator: in a terminal the
+    per-operator bars are noise, and outside one (CI, `ray job submit` logs) Ray Data logs every operator's
+    progress every few seconds, which buries the stage summaries. --verbose keeps them all."""
+    ctx = DataContext.get_current()
+    ctx.enable_operator_progress_bars = OUTPUT.verbose
+    # The "Execution plan / Starting execution" banners go to Ray Data's own log file either way.
+    ctx.print_on_execution_start = OUTPUT.verbose and sys.stdout.isatty()
+
+
+def route_ray_loggers() -> None:
+    """Ray's own INFO/WARNING chatter -> the log file (or only Ray's session logs), not the terminal. Ray gives
+    its loggers their own console handlers and propagate=False, so this runs after ray.init configured them."""
+    if OUTPUT.verbose:
+        return
+    for name in RAY_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                logger.removeHandler(handler)
+        # Through the root logger: the file gets everything, the terminal only errors (the _OwnRecords filter).
+        logger.propagate = True
 
 
 def init_ray(cfg: RayConfig) -> None:
@@ -40,18 +150,27 @@ def init_ray(cfg: RayConfig) -> None:
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     runtime_env = {"env_vars": _missing_job_env_vars(OFFLINE_ENV)}
-    if address:
-        log.info("connecting to Ray cluster at %s", address)
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
-        return
-    log.info("starting a local Ray node")
-    ray.init(
-        address="local",
-        num_cpus=cfg.num_cpus,
-        include_dashboard=cfg.include_dashboard,
-        runtime_env=runtime_env,
-        configure_logging=False,
-    )
+    # Worker stdout/stderr (Ray Train's stale dataset progress line, PlacementGroupCleaner warnings, Lance and
+    # transformers output in actors) stays in Ray's session logs unless --verbose; failures still raise here.
+    log_to_driver = OUTPUT.verbose
+    route_ray_loggers()  # before too: ray.init itself logs through the handlers `import ray` installed
+    try:
+        if address:
+            log.info("connecting to Ray cluster at %s", address)
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=log_to_driver)
+        else:
+            log.info("starting a local Ray node")
+            ray.init(
+                address="local",
+                num_cpus=cfg.num_cpus,
+                include_dashboard=cfg.include_dashboard,
+                runtime_env=runtime_env,
+                configure_logging=False,
+                log_to_driver=log_to_driver,
+            )
+    except AuthenticationError as err:
+        raise RayConnectError(f"cannot connect to Ray at {address or 'a local node'}: {AUTH_HINT}") from err
+    route_ray_loggers()
 
 
 def _missing_job_env_vars(wanted: dict[str, str]) -> dict[str, str]:

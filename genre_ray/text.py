@@ -114,6 +114,10 @@ def content_hash(document: str, encoder_id: str) -> str:
     return h.hexdigest()[:32]
 
 
-def encoder_id(model: str, max_length: int, pooling: str, normalize: bool) -> str:
-    """Everything about the encoder that changes its output; part of every content hash."""
-    return f"{model}|len={max_length}|pool={pooling}|norm={int(normalize)}"
+def encoder_id(model: str, max_length: int, pooling: str, normalize: bool, backend: str = "torch") -> str:
+    """Everything about the encoder that changes its output; part of every content hash.
+
+    A non-default backend (onnx-int8) is appended, so the stored `encoder_id` tells the embed stage which rows
+    were made by another backend; torch keeps the historical id, so existing stores stay valid."""
+    base = f"{model}|len={max_length}|pool={pooling}|norm={int(normalize)}"
+    return base if backend == "torch" else f"{base}|backend={backend}"

@@ -30,7 +30,11 @@ def run_job(name: str, description: str, stages: Sequence[str], argv: Sequence[s
 
 
 def execute(args: argparse.Namespace, stages: Sequence[str]) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from genre_ray.runtime import configure_output
+
+    # A job log is read after the fact: our own INFO lines, short and line-based; Ray's chatter stays in its
+    # session logs (and Ray Data logs one total-progress line, not one per operator).
+    configure_output(verbose=False, console_level=logging.INFO)
     try:
         cfg = config_from_args(args)
     except ConfigError as err:
@@ -40,9 +44,13 @@ def execute(args: argparse.Namespace, stages: Sequence[str]) -> int:
     # Imported late: `--help` and config errors should not pay for importing Ray and the stage modules.
     from genre_ray.layout import RunLayout
     from genre_ray.pipeline import run_stages
-    from genre_ray.runtime import init_ray
+    from genre_ray.runtime import RayConnectError, init_ray
 
-    init_ray(cfg.ray)
+    try:
+        init_ray(cfg.ray)
+    except RayConnectError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     layout = RunLayout.of(cfg.workdir)
     log.info("stages %s, workdir %s", list(stages), layout.root)
     from genre_ray.catalog import CatalogError

@@ -188,3 +188,24 @@ def test_cpu_plan_honours_explicit_sizes_and_rejects_oversubscription():
 
 def test_plan_is_limited_to_the_windows_there_are():
     assert plan_actors(EmbedConfig(), {"CPU": 64.0}).limited_to(3).num_actors == 3
+
+
+def test_rows_of_another_cpu_backend_are_reembedded_and_still_count_for_removals(tmp_path):
+    from genre_ray.embed import _current_keys, _diff
+
+    torch_id = encoder_id("minilm", 256, "mean", True)
+    int8_id = encoder_id("minilm", 256, "mean", True, backend="onnx-int8")
+    stored = pa.table(
+        {
+            "movie_id": ["a", "b", "gone"],
+            "content_hash": ["ha", "hb", "hg"],
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(12, np.float32)), 4),
+            "encoder_id": [int8_id, torch_id, torch_id],
+        },
+        schema=schema.embeddings_schema(4),
+    )
+    lance.write_dataset(stored, str(tmp_path / "e.lance"))
+    catalog = pa.table({"movie_id": ["a", "b"], "content_hash": ["ha", "hb"]})
+    diff = _diff(catalog, _current_keys(lance.dataset(str(tmp_path / "e.lance")), torch_id))
+    # "a" was made by onnx-int8: this torch run re-embeds it; "b" is reused; "gone" is removed either way
+    assert diff.to_embed.to_pylist() == ["a"] and diff.removed.to_pylist() == ["gone"]

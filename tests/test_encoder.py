@@ -76,3 +76,51 @@ def test_dtype_auto_is_fp32_on_cpu():
 def test_missing_model_fails_without_network(tmp_path):
     with pytest.raises(OSError):
         TextEncoder(EncoderConfig(model=str(tmp_path / "no-such-model")))
+
+
+# ------------------------------------------------------------------ the ONNX Runtime CPU backends (encoder.cpu_backend)
+
+
+@pytest.fixture(scope="module")
+def int8_encoder() -> TextEncoder:
+    # Exported once per machine into the cache dir (onnx_export.cache_dir), not per test or per run.
+    return TextEncoder(EncoderConfig(cpu_backend="onnx-int8"))
+
+
+def test_onnx_int8_vectors_stay_close_to_fp32(encoder, int8_encoder):
+    reference = encoder.encode(TEXTS, batch_size=2)
+    vectors = int8_encoder.encode(TEXTS, batch_size=2)
+    assert vectors.shape == reference.shape and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    cosine = (vectors * reference).sum(axis=1)
+    assert cosine.min() > 0.95 and cosine.mean() > 0.97
+    # and meaning still drives similarity
+    sims = vectors @ vectors.T
+    assert sims[0, 4] > sims[0, 1] + 0.2
+
+
+def test_onnx_backends_are_named_in_the_encoder_id_and_cached(encoder, int8_encoder):
+    from genre_ray.encoder import resolve_model_path
+    from genre_ray.onnx_export import onnx_model
+
+    assert encoder.id == "minilm|len=256|pool=mean|norm=1"  # torch keeps the historical id: stores stay valid
+    assert int8_encoder.id == encoder.id + "|backend=onnx-int8"
+    path = onnx_model(resolve_model_path("minilm"), int8=True)
+    before = path.stat().st_mtime_ns
+    TextEncoder(EncoderConfig(cpu_backend="onnx-int8"))
+    assert path.stat().st_mtime_ns == before
+
+
+def test_onnx_fp32_equals_torch_at_every_length(encoder):
+    # The eager-attention export must not bake the traced sequence length into the graph.
+    onnx = TextEncoder(EncoderConfig(cpu_backend="onnx"))
+    for batch_size in (1, 2, 5):
+        cosine = (onnx.encode(TEXTS, batch_size) * encoder.encode(TEXTS, batch_size)).sum(axis=1)
+        assert cosine.min() > 0.9999
+
+
+def test_gpu_ignores_the_cpu_backend():
+    from genre_ray.encoder import resolve_backend
+
+    assert resolve_backend(EncoderConfig(cpu_backend="onnx-int8"), "cuda") == "torch"
+    assert resolve_backend(EncoderConfig(cpu_backend="onnx-int8"), "cpu") == "onnx-int8"
