@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -111,14 +111,17 @@ class EmbedMeter:
     def __init__(self) -> None:
         self.stats = EncodeStats()
         self.load_seconds: list[float] = []
+        self.nodes: set[str] = set()  # Ray node of every actor that encoded a window
         self.first_start = math.inf
         self.last_end = 0.0
 
     def loaded(self, seconds: float) -> None:
         self.load_seconds.append(seconds)
 
-    def add(self, docs: int, tokens: int, padded_tokens: int, start: float, end: float) -> None:
+    def add(self, docs: int, tokens: int, padded_tokens: int, start: float, end: float, node: str = "") -> None:
         self.stats.add(EncodeStats(docs, tokens, padded_tokens))
+        if node:
+            self.nodes.add(node)
         self.first_start = min(self.first_start, start)
         self.last_end = max(self.last_end, end)
 
@@ -129,6 +132,7 @@ class EmbedMeter:
             "model_load_seconds": max(self.load_seconds, default=0.0),
             # steady state: first window start -> last window end, as timed inside the actors
             "steady_seconds": max(0.0, self.last_end - self.first_start) if self.stats.docs else 0.0,
+            "nodes": sorted(self.nodes),
         }
 
 
@@ -143,6 +147,7 @@ class EmbedBatch:
         self.encoder = TextEncoder(encoder_cfg, device=plan.device)
         self.batch_size = batch_size
         self.meter = meter
+        self.node = ray.get_runtime_context().get_node_id()
         if meter is not None:
             ray.get(meter.loaded.remote(time.time() - start))
 
@@ -151,7 +156,7 @@ class EmbedBatch:
         vectors, stats = self.encoder.encode_with_stats(batch["document"].to_pylist(), self.batch_size)
         if self.meter is not None:
             # Blocking on purpose: the driver reads the totals right after the dataset finishes.
-            ray.get(self.meter.add.remote(stats.docs, stats.tokens, stats.padded_tokens, start, time.time()))
+            ray.get(self.meter.add.remote(stats.docs, stats.tokens, stats.padded_tokens, start, time.time(), self.node))
         embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), self.encoder.dim)
         return pa.table(
             {
@@ -208,6 +213,7 @@ class EmbedStats:
     mode: str = "full"
     version: int | None = None  # the Lance version the run left current
     encoder_id: str = ""
+    nodes: list[str] = field(default_factory=list)  # Ray nodes whose actors encoded (run.json: where it ran)
 
     def summary(self) -> str:
         plan = self.plan.describe() if self.plan else "no actors"
@@ -351,6 +357,7 @@ def _stats(
         mode=mode,
         version=version,
         encoder_id=enc_id,
+        nodes=list(totals.get("nodes", [])),
     )
 
 

@@ -192,3 +192,17 @@ def cluster_gpus() -> float:
 
 def cluster_cpus() -> float:
     return float(ray.cluster_resources().get("CPU", 1.0))
+
+
+@ray.remote(num_cpus=0)
+class NodeLog:
+    """Where a stage's actors ran: each actor adds its Ray node id once, and run.json records the set."""
+
+    def __init__(self) -> None:
+        self.nodes: set[str] = set()
+
+    def add(self, node: str) -> None:
+        self.nodes.add(node)
+
+    def get(self) -> list[str]:
+        return sorted(self.nodes)

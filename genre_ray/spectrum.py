@@ -35,9 +35,13 @@ def metadata_table(catalog: pa.Table) -> pa.Table:
 class SpectrumMapper:
     """Ray Data callable class: one checkpoint load per actor, then embeddings -> served rows per batch."""
 
-    def __init__(self, model_dir: str, metadata_ref: list[ray.ObjectRef], torch_threads: int = 1):
+    def __init__(
+        self, model_dir: str, metadata_ref: list[ray.ObjectRef], torch_threads: int = 1, node_log: Any | None = None
+    ):
         # The ref arrives wrapped in a list so Ray does not resolve it at submission time on the driver.
         torch.set_num_threads(max(1, torch_threads))
+        if node_log is not None:
+            ray.get(node_log.add.remote(ray.get_runtime_context().get_node_id()))
         loaded = load_classifier(model_dir)
         self.model = loaded.model
         self.model_version = loaded.model_version
@@ -85,6 +89,7 @@ def compute_spectrum(
     batch_size: int = 1024,
     concurrency: int = 1,
     num_cpus: float = 0.5,
+    node_log: Any | None = None,
 ) -> ray.data.Dataset:
     """Served rows (schema.served_schema) for the movies in `metadata` that have a current embedding.
 
@@ -93,7 +98,12 @@ def compute_spectrum(
     ref = ray.put(metadata_table(metadata))
     return embeddings.select_columns(["movie_id", "content_hash", "embedding"]).map_batches(
         SpectrumMapper,
-        fn_constructor_kwargs={"model_dir": str(model_dir), "metadata_ref": [ref], "torch_threads": 1},
+        fn_constructor_kwargs={
+            "model_dir": str(model_dir),
+            "metadata_ref": [ref],
+            "torch_threads": 1,
+            "node_log": node_log,
+        },
         batch_size=batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=concurrency),

@@ -270,16 +270,18 @@ def json_names(value: Any) -> list[str]:
     return _labels(names)
 
 
-def split_on(separator: str) -> Parser:
+def split_on(separators: str | Sequence[str]) -> Parser:
+    """A parser for labels in one text field, separated by any of `separators` (or already a list)."""
+    seps = [separators] if isinstance(separators, str) else list(separators)
+    pattern = re.compile("|".join(re.escape(sep) for sep in seps))
+
     def parse(value: Any) -> list[str]:
         if _missing(value):
             return []
         if isinstance(value, (list, tuple)):
             return _labels(value)
         s = text(value)
-        if s == MOVIELENS_NO_GENRES:
-            return []
-        return _labels(s.split(separator))
+        return [] if s == MOVIELENS_NO_GENRES else _labels(pattern.split(s))
 
     return parse
 
@@ -509,23 +511,6 @@ NORMALISED = Adapter(
 MAPPABLE_FIELDS = frozenset({*_MAPPED_PARSERS, "genres", "keywords"})
 
 
-def _separated(separators: str | Sequence[str]) -> Parser:
-    seps = [separators] if isinstance(separators, str) else list(separators)
-    if len(seps) == 1:
-        return split_on(seps[0])
-    pattern = re.compile("|".join(re.escape(sep) for sep in seps))
-
-    def parse(value: Any) -> list[str]:
-        if _missing(value):
-            return []
-        if isinstance(value, (list, tuple)):
-            return _labels(value)
-        s = text(value)
-        return [] if s == MOVIELENS_NO_GENRES else _labels(pattern.split(s))
-
-    return parse
-
-
 def mapped(columns: Mapping[str, str], genre_separator: str | Sequence[str]) -> Adapter:
     """An adapter from `catalog.columns` (normalised field -> source column) and `catalog.genre_separator`.
 
@@ -540,7 +525,7 @@ def mapped(columns: Mapping[str, str], genre_separator: str | Sequence[str]) -> 
     if not genre_separator or (not isinstance(genre_separator, str) and not all(genre_separator)):
         raise CatalogError("catalog.genre_separator: give a non-empty separator, a list of them, or 'json'")
     is_json = isinstance(genre_separator, str) and genre_separator.strip().lower() == "json"
-    list_parser = json_names if is_json else _separated(genre_separator)
+    list_parser = json_names if is_json else split_on(genre_separator)
     parsers = {**_MAPPED_PARSERS, "genres": list_parser, "keywords": optional_list(list_parser)}
     order = [name for name in ("movie_id", "title") if name in columns]
     order += sorted(set(columns) - {"movie_id", "title"})

@@ -20,7 +20,7 @@ import math
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,7 +35,7 @@ from genre_ray.catalog import read_catalog
 from genre_ray.config import Config, StoreConfig
 from genre_ray.layout import RunLayout
 from genre_ray.model import load_classifier
-from genre_ray.runtime import cluster_cpus, init_ray
+from genre_ray.runtime import NodeLog, cluster_cpus, init_ray
 from genre_ray.spectrum import compute_spectrum
 from genre_ray.store import maintenance, models
 from genre_ray.store import manifest as manifests
@@ -78,6 +78,7 @@ class PublishResult:
     seconds: float
     full_rebuild: bool = False
     published: bool = True
+    spectrum_nodes: list[str] = field(default_factory=list)  # Ray nodes of the spectrum actors
 
     def summary(self) -> str:
         head = (
@@ -161,9 +162,11 @@ def _diff(catalog: pa.Table, published: pa.Table, model_version: str, full: bool
 
 def _spectrum_rows(
     cfg: Config, model_dir: Any, embeddings: ray.data.Dataset, upsert: pa.Table
-) -> tuple[ray.data.Dataset, list[str]]:
-    """Materialised served rows for the movies in `upsert`, and the ids among them with no current embedding."""
+) -> tuple[ray.data.Dataset, list[str], list[str]]:
+    """Materialised served rows for the movies in `upsert`, the ids among them with no current embedding, and the
+    Ray nodes the spectrum actors ran on."""
     actors = cfg.store.spectrum_actors or max(1, int(cluster_cpus() // 2))
+    node_log = NodeLog.remote()
     rows = compute_spectrum(
         embeddings,
         upsert,
@@ -171,14 +174,17 @@ def _spectrum_rows(
         batch_size=cfg.store.spectrum_batch_size,
         concurrency=actors,
         num_cpus=cfg.store.spectrum_cpus,
+        node_log=node_log,
     ).materialize()
+    nodes = ray.get(node_log.get.remote())
+    ray.kill(node_log)
     got: list[str] = []
     for t in ray.get(list(rows.select_columns(["movie_id"]).to_arrow_refs())):
         got += t.column("movie_id").to_pylist() if t.num_rows else []
     missing = pc.filter(
         upsert["movie_id"], pc.invert(pc.is_in(upsert["movie_id"], value_set=pa.array(got, pa.string())))
     )
-    return rows, sorted(missing.to_pylist())
+    return rows, sorted(missing.to_pylist()), nodes
 
 
 def _rows_for(
@@ -327,7 +333,7 @@ def publish(
         embeddings = _load_embeddings(layout, None if diff.full else diff.upsert["movie_id"].combine_chunks())
     if isinstance(embeddings, pa.Table):
         embeddings = ray.data.from_arrow(embeddings)
-    rows, missing = _spectrum_rows(cfg, layout.model_dir, embeddings, diff.upsert)
+    rows, missing, spectrum_nodes = _spectrum_rows(cfg, layout.model_dir, embeddings, diff.upsert)
     if missing:
         raise StoreError(
             f"{len(missing)} catalog movies have no embedding for their current content_hash "
@@ -378,6 +384,7 @@ def publish(
         model_version=loaded.model_version,
         seconds=time.perf_counter() - start,
         full_rebuild=diff.full,
+        spectrum_nodes=spectrum_nodes,
     )
 
 
