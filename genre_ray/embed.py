@@ -111,17 +111,17 @@ class EmbedMeter:
     def __init__(self) -> None:
         self.stats = EncodeStats()
         self.load_seconds: list[float] = []
-        self.nodes: set[str] = set()  # Ray node of every actor that encoded a window
+        self.nodes: set[str] = set()  # Ray node of every encoder actor
         self.first_start = math.inf
         self.last_end = 0.0
 
-    def loaded(self, seconds: float) -> None:
+    def loaded(self, seconds: float, node: str = "") -> None:
         self.load_seconds.append(seconds)
-
-    def add(self, docs: int, tokens: int, padded_tokens: int, start: float, end: float, node: str = "") -> None:
-        self.stats.add(EncodeStats(docs, tokens, padded_tokens))
         if node:
             self.nodes.add(node)
+
+    def add(self, docs: int, tokens: int, padded_tokens: int, start: float, end: float) -> None:
+        self.stats.add(EncodeStats(docs, tokens, padded_tokens))
         self.first_start = min(self.first_start, start)
         self.last_end = max(self.last_end, end)
 
@@ -147,16 +147,15 @@ class EmbedBatch:
         self.encoder = TextEncoder(encoder_cfg, device=plan.device)
         self.batch_size = batch_size
         self.meter = meter
-        self.node = ray.get_runtime_context().get_node_id()
         if meter is not None:
-            ray.get(meter.loaded.remote(time.time() - start))
+            ray.get(meter.loaded.remote(time.time() - start, ray.get_runtime_context().get_node_id()))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         start = time.time()
         vectors, stats = self.encoder.encode_with_stats(batch["document"].to_pylist(), self.batch_size)
         if self.meter is not None:
             # Blocking on purpose: the driver reads the totals right after the dataset finishes.
-            ray.get(self.meter.add.remote(stats.docs, stats.tokens, stats.padded_tokens, start, time.time(), self.node))
+            ray.get(self.meter.add.remote(stats.docs, stats.tokens, stats.padded_tokens, start, time.time()))
         embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), self.encoder.dim)
         return pa.table(
             {

@@ -62,7 +62,10 @@ def _overrides(tmp: Path, name: str, source: Path, encoder: Path) -> dict:
         "catalog.paths": [str(source)],
         "encoder.model": str(encoder),
         "embed.num_actors": 2,
-        "embed.sort_window": 64,
+        "embed.sort_window": 16,
+        "store.spectrum_actors": 2,
+        "store.spectrum_batch_size": 32,
+        "store.spectrum_cpus": 1.0,  # one actor per 1-CPU node: two actors need two nodes
         "train.epochs": 3,
         "train.hidden_dims": [32],
         "train.spectrum_dim": 8,
