@@ -19,6 +19,9 @@ LEASE_HELD = 3
 def build_parser(name: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"python -m jobs.{name}", description=description)
     add_config_args(parser)
+    parser.add_argument(
+        "--break-lock", action="store_true", help="remove another writer's lease on the store first (a dead writer)"
+    )
     return parser
 
 
@@ -58,7 +61,9 @@ def execute(args: argparse.Namespace, stages: Sequence[str]) -> int:
     from genre_ray.store import LeaseError
 
     try:
-        report = run_stages(cfg, stages, echo=lambda line: log.info("%s", line))
+        report = run_stages(
+            cfg, stages, echo=lambda line: log.info("%s", line), break_lock=getattr(args, "break_lock", False)
+        )
     except LeaseError as err:
         # Another writer is on the store: not a failed run, and a distinct status for schedulers to retry on.
         log.error("%s", err)
