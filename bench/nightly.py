@@ -41,14 +41,19 @@ STAGES = ("ingest", "embed", "train", "publish")
 # ----------------------------------------------------------------------------------------------- memory sampling
 
 
-def _pss_kib(pid: int | str) -> int:
+def _proc_kib(pid: int | str, file: str, key: str) -> int:
+    """A "Key:  N kB" line of /proc/<pid>/<file>, in KiB; 0 once the process is gone."""
     try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
+        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+            if line.startswith(key):
                 return int(line.split()[1])
     except (OSError, ValueError):
         pass
     return 0
+
+
+def _pss_kib(pid: int | str) -> int:
+    return _proc_kib(pid, "smaps_rollup", "Pss:")
 
 
 def _tree(root: int) -> list[int]:
@@ -70,13 +75,7 @@ def _tree(root: int) -> list[int]:
 
 
 def _rss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
+    return _proc_kib(pid, "status", "VmRSS:")
 
 
 def _object_store_kib() -> int:
