@@ -87,7 +87,7 @@ def _served(workdir: Path) -> dict[str, np.ndarray]:
 @pytest.mark.slow
 @pytest.mark.skipif(
     os.environ.get("GENRE_RAY_MULTINODE") != "1",
-    reason="opt-in (GENRE_RAY_MULTINODE=1): not yet reliable on a 2-core machine, see the README",
+    reason="opt-in (GENRE_RAY_MULTINODE=1): 5 min on 2 cores and not yet steady under load, see the README",
 )
 def test_three_node_cluster_spreads_work_and_publishes_the_single_node_store(ray_session, tmp_path) -> None:
     source = tmp_path / "catalog.jsonl"
