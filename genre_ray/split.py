@@ -8,7 +8,6 @@ nightly run on a grown catalog all agree on which movies are held out. `test` is
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
 from typing import Literal
 
 Split = Literal["train", "val", "test"]
@@ -33,9 +32,3 @@ def split_at(u: float, val_fraction: float, test_fraction: float = TEST_FRACTION
     if u < test_fraction + (1.0 - test_fraction) * val_fraction:
         return "val"
     return "train"
-
-
-def assign(
-    movie_ids: Iterable[str], seed: int, val_fraction: float, test_fraction: float = TEST_FRACTION
-) -> list[Split]:
-    return [split_of(m, seed, val_fraction, test_fraction) for m in movie_ids]

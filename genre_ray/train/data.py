@@ -47,14 +47,10 @@ def labelled_movies(layout: RunLayout, embeddings: ray.data.Dataset | pa.Table |
         embeddings = ray.data.from_arrow(embeddings)
     labels = load_catalog(layout).select_columns(["movie_id", "genres", "no_genres"])
     labels = labels.map_batches(_labelled_only, batch_format="pyarrow")
+    # counted before the projection, so a Lance or Parquet source can answer from its metadata
+    partitions = max(1, math.ceil(embeddings.count() / JOIN_ROWS_PER_PARTITION))
     vectors = embeddings.select_columns(["movie_id", "embedding"])
-    partitions = max(1, math.ceil(_row_estimate(vectors) / JOIN_ROWS_PER_PARTITION))
     return labels.join(vectors, join_type="inner", num_partitions=partitions, on=("movie_id",))
-
-
-def _row_estimate(ds: ray.data.Dataset) -> int:
-    # Lance and Parquet datasources know their row counts from metadata; nothing is read for this.
-    return ds.count()
 
 
 def _labelled_only(batch: pa.Table) -> pa.Table:
