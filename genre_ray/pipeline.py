@@ -33,7 +33,7 @@ MUTATING = {"ingest", "embed", "train", "publish"}
 
 def nightly_plan(retrain: bool) -> list[str]:
     """The nightly's stages; --retrain makes training unconditional. The CLI and jobs/nightly.py both use this."""
-    return ["ingest", "embed", "train", "publish"] if retrain else ["nightly"]
+    return [s.rstrip("?") for s in NIGHTLY] if retrain else ["nightly"]
 
 
 def _ingest(cfg: Config, layout: RunLayout) -> Any:
