@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -60,14 +61,25 @@ class _OwnRecords(logging.Filter):
     def __init__(self, level: int) -> None:
         super().__init__()
         self.level = level
+        self.last_progress = -math.inf
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name == _DATA_PROGRESS_LOGGER:
-            # Outside a terminal Ray Data logs its progress as 4-line blocks every few seconds: keep the one line
-            # that says how far it is ("Total Progress: 1200/4803 ...").
-            return str(record.msg).startswith("Total Progress")
+            return self._progress_line(record)
         own = record.name.split(".")[0] in ("genre_ray", "jobs")
         return record.levelno >= logging.ERROR or (own and record.levelno >= self.level)
+
+    def _progress_line(self, record: logging.LogRecord) -> bool:
+        """Outside a terminal Ray Data logs its progress as 4-line blocks every 10 s. Keep the one line that says
+        how far it is ("Total Progress: 1200/4803 ..."), at most once a minute, and never "0/?" (a dataset whose
+        sink reports rows only at the end): an hours-long nightly's job log stays short but still shows it is alive."""
+        msg = str(record.getMessage())
+        if not msg.startswith("Total Progress") or msg.startswith(_NO_PROGRESS):
+            return False
+        if record.created - self.last_progress < PROGRESS_LOG_INTERVAL_S:
+            return False
+        self.last_progress = record.created
+        return True
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -84,6 +96,8 @@ class _StderrHandler(logging.StreamHandler):
 
 
 _DATA_PROGRESS_LOGGER = "ray.data._internal.progress.logging_progress"
+_NO_PROGRESS = "Total Progress: 0/?"
+PROGRESS_LOG_INTERVAL_S = 60.0
 
 
 def configure_output(verbose: bool, log_file: Path | None = None, console_level: int = logging.WARNING) -> None:
