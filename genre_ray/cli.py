@@ -51,7 +51,9 @@ def _scalar(raw: str) -> Any:
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", help="YAML config (default: built-in defaults = configs/local.yaml)")
+    p.add_argument(
+        "--config", "-c", help="YAML config (default: config.py's defaults; `make run` passes configs/local.yaml)"
+    )
     p.add_argument("--workdir", help="override `workdir` (where the run's artifacts live)")
     p.add_argument(
         "--set",

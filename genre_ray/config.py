@@ -83,6 +83,9 @@ class EncoderConfig(Section):
     # How a CPU actor runs the model. torch: fp32, the reference. onnx: ONNX Runtime fp32 (same vectors).
     # onnx-int8: ONNX Runtime with a dynamic int8 model exported locally from the same weights (bench/embed.py:
     # ~1.5-2.5x torch on 2 cores, cosine vs fp32 mean 0.99, min 0.97). GPUs always run torch in `dtype`.
+    # The library default stays torch: int8 activations are quantised per batch, so an int8 vector depends slightly
+    # on its batch mates and a nightly's re-embedded rows would not equal a full rebuild's. configs/local.yaml (the
+    # laptop mode) opts into onnx-int8, whose TMDB genre quality is within 0.01 of fp32 (README).
     cpu_backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
 
 
