@@ -176,6 +176,15 @@ class EvalConfig(Section):
     tune_blend: bool = True
     # query vectors sampled from each served table for the IVF-PQ vs exact-search recall
     ann_queries: int = Field(200, gt=0)
+    # users scored (test and validation slices alike): None = every user with a held-out like, else a seeded sample
+    max_users: int | None = Field(None, gt=0)
+    # held-out movies whose neighbours coherence@k looks at: None = all of them, else a seeded sample
+    coherence_queries: int | None = Field(None, gt=0)
+    # rankings and neighbours are computed in blocks of chunk_rows users (or query movies) x chunk_cols candidates
+    # (or pool movies): memory is a few float64 blocks of that size (16 MiB each at the defaults), whatever the
+    # catalog size, and the metrics do not depend on these two
+    chunk_rows: int = Field(256, gt=0)
+    chunk_cols: int = Field(8192, gt=0)
 
 
 class RayConfig(Section):
