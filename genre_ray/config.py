@@ -47,6 +47,9 @@ class CatalogConfig(Section):
     max_reject_fraction: float = Field(0.2, ge=0.0, le=1.0)
     # a Parquet file with more rows is read by several tasks, each a run of whole row groups of about this many rows
     parquet_rows_per_task: int = Field(500_000, gt=0)
+    # an uncompressed CSV / JSON Lines file bigger than this is read by several tasks, each a byte range of whole
+    # lines of about this size (a CSV whose quoted field spans a cut is re-read by one task: see catalog.sources)
+    bytes_per_task: int = Field(64 * 1024 * 1024, gt=0)
     max_overview_chars: int = Field(20_000, gt=0)
     max_title_chars: int = Field(1_000, gt=0)
 
