@@ -386,7 +386,8 @@ def build_catalog(catalog: pa.Table, embeddings: pa.Table, classifier: LoadedCla
     emb["row"] = np.arange(len(emb))
     joined = meta.merge(emb, on=["movie_id", "content_hash"], how="inner").sort_values("movie_id", kind="stable")
     joined = joined.drop_duplicates("movie_id", keep="last")
-    text = schema.vector_matrix(embeddings.column("embedding"))[joined["row"].to_numpy()]
+    # take the current rows before converting: one (movies, d) copy instead of all embeddings and then a subset
+    text = schema.vector_matrix(embeddings.column("embedding").take(pa.array(joined["row"].to_numpy())))
     spectrum, probs = infer(classifier, text)
     split = model_split(classifier, cfg)
     ids = joined["movie_id"].to_numpy(dtype=str)

@@ -126,6 +126,7 @@ def ingest_once(root: Path, paths: list[Path], bytes_per_task: int) -> tuple[lis
     cfg = Config(workdir=str(root))
     cfg.catalog.paths = [str(p) for p in paths]
     cfg.catalog.bytes_per_task = bytes_per_task
+    cfg.catalog.max_reject_fraction = 1.0  # the two CSVs share their ids: the second one's are duplicates
     layout = RunLayout.of(cfg.workdir)
     result = ingest(cfg, layout)
     counts = {k: v for k, v in result.to_json().items() if k != "seconds"}
@@ -156,4 +157,4 @@ def test_ingest_of_split_text_files_equals_one_task_per_file(ray_session, tmp_pa
     assert split == whole
     catalog, rejects, _, counts = split
     assert counts["rows_in"] == counts["rows_ok"] + counts["rows_rejected"] == len(catalog) + len(rejects)
-    assert any(r["reason"].startswith("duplicate id 5") for r in rejects)
+    assert sum(r["reason"].startswith("duplicate id") for r in rejects) > 50  # across files and parts
