@@ -47,6 +47,9 @@ class CatalogConfig(Section):
     max_reject_fraction: float = Field(0.2, ge=0.0, le=1.0)
     # a Parquet file with more rows is read by several tasks, each a run of whole row groups of about this many rows
     parquet_rows_per_task: int = Field(500_000, gt=0)
+    # an uncompressed CSV / JSON Lines file bigger than this is read by several tasks, each a byte range of whole
+    # lines of about this size (a CSV whose quoted field spans a cut is re-read by one task: see catalog.sources)
+    bytes_per_task: int = Field(64 * 1024 * 1024, gt=0)
     max_overview_chars: int = Field(20_000, gt=0)
     max_title_chars: int = Field(1_000, gt=0)
 
@@ -179,6 +182,15 @@ class EvalConfig(Section):
     tune_blend: bool = True
     # query vectors sampled from each served table for the IVF-PQ vs exact-search recall
     ann_queries: int = Field(200, gt=0)
+    # users scored (test and validation slices alike): None = every user with a held-out like, else a seeded sample
+    max_users: int | None = Field(None, gt=0)
+    # held-out movies whose neighbours coherence@k looks at: None = all of them, else a seeded sample
+    coherence_queries: int | None = Field(None, gt=0)
+    # rankings and neighbours are computed in blocks of chunk_rows users (or query movies) x chunk_cols candidates
+    # (or pool movies): memory is a few float64 blocks of that size (16 MiB each at the defaults), whatever the
+    # catalog size, and the metrics do not depend on these two
+    chunk_rows: int = Field(256, gt=0)
+    chunk_cols: int = Field(8192, gt=0)
 
 
 class RayConfig(Section):

@@ -10,6 +10,10 @@ Protocol (the same for every method, so baselines are not handicapped or favoure
   target; the history is the user's earlier likes; every movie the user rated at or before the target's time is
   removed from the candidates (the target itself stays); candidates are the embedded catalog movies that have at
   least one rating in the joined data; popularity counts every rating except the users' target events.
+
+Memory stays flat as the catalog grows: rankings are counted in blocks of eval.chunk_rows users x eval.chunk_cols
+candidates and neighbours found in blocks of query x pool movies (`ranking`), never as a users x catalog matrix;
+eval.max_users and eval.coherence_queries cap the work with seeded samples (default: everyone).
 """
 
 from __future__ import annotations
@@ -27,17 +31,18 @@ import torch
 
 from genre_ray import schema
 from genre_ray.catalog import read_catalog
-from genre_ray.config import Config
+from genre_ray.config import Config, EvalConfig
 from genre_ray.layout import RunLayout, atomic_write_text
 from genre_ray.metrics import (
     RankingMetrics,
     classification_metrics,
     coherence_at_k,
-    hit_and_ndcg_at_k,
+    hit_and_ndcg_from_counts,
     mean_with_ci,
     unit_rows,
 )
 from genre_ray.model import LoadedClassifier, load_classifier
+from genre_ray.ranking import Fixed, RankCounts, exact_dot, rank_chunks, to_fixed
 from genre_ray.split import split_of
 
 log = logging.getLogger(__name__)
@@ -153,6 +158,24 @@ def drop_targets(ratings: pd.DataFrame, split: LeaveLastOut) -> pd.DataFrame:
 # ---------------------------------------------------------------- recommendation scoring
 
 
+def sample_users(split: LeaveLastOut, max_users: int | None, seed: int) -> LeaveLastOut:
+    """At most `max_users` users of the split (a seeded sample, kept in user order); None: all of them.
+
+    train_counts stays that of the whole split: sampling who is scored must not change the popularity model.
+    """
+    if max_users is None or len(split.users) <= max_users:
+        return split
+    keep = np.sort(np.random.default_rng(seed).choice(len(split.users), size=max_users, replace=False))
+    return LeaveLastOut(
+        users=split.users[keep],
+        target=split.target[keep],
+        target_time=split.target_time[keep],
+        history=[split.history[i] for i in keep],
+        seen=[split.seen[i] for i in keep],
+        train_counts=split.train_counts,
+    )
+
+
 def popularity_scores(train_counts: np.ndarray) -> np.ndarray:
     """log-count scaled to [0, 1]: comparable to a cosine for blending, and rank-equivalent to the raw count."""
     logc = np.log1p(train_counts.astype(np.float64))
@@ -160,40 +183,95 @@ def popularity_scores(train_counts: np.ndarray) -> np.ndarray:
     return logc / top if top > 0 else logc
 
 
-def profile_scores(vectors: np.ndarray, history: list[np.ndarray]) -> np.ndarray:
-    """(users, items) cosine between each candidate and the mean of the user's (unit) history vectors."""
-    unit = unit_rows(vectors)
-    profiles = np.stack([unit[h].mean(axis=0) for h in history])
-    return unit_rows(profiles) @ unit.T
+@dataclass(frozen=True)
+class Method:
+    """How a method scores a candidate: the cosine between it and the mean of the user's (unit) history vectors in
+    `space` (None: no content, popularity alone), blended as (1 - w) * cosine + w * popularity when
+    `popularity_weight` is w (None: the cosine alone)."""
+
+    space: str | None
+    popularity_weight: float | None = None
 
 
-def blend(content: np.ndarray, popularity: np.ndarray, weight: float) -> np.ndarray:
-    return (1.0 - weight) * content + weight * popularity[None, :]
-
-
-def mask_scores(scores: np.ndarray, split: LeaveLastOut, candidates: np.ndarray) -> np.ndarray:
-    """-inf for non-candidates and for everything each user already rated: identical for every method."""
-    out = np.where(candidates[None, :], scores, -np.inf)
-    for row, s in enumerate(split.seen):
-        out[row, s] = -np.inf
-    return out
-
-
-def method_scores(
-    catalog: Catalog, split: LeaveLastOut, blend_weight: float, methods: tuple[str, ...] = METHODS
-) -> dict[str, np.ndarray]:
-    pop = popularity_scores(split.train_counts)
-    onehot, _ = catalog.genre_matrix()
-    spectrum = profile_scores(catalog.spectrum, split.history)
-    users = len(split.users)
-    scores = {
-        "popularity": np.broadcast_to(pop, (users, len(pop))),
-        "genres_onehot": profile_scores(onehot.astype(np.float64), split.history),
-        "text_embedding": profile_scores(catalog.text, split.history),
-        "spectrum": spectrum,
-        "spectrum+popularity": blend(spectrum, pop, blend_weight),
+def methods(blend_weight: float) -> dict[str, Method]:
+    return {
+        "popularity": Method(None),
+        "genres_onehot": Method("genres_onehot"),
+        "text_embedding": Method("text_embedding"),
+        "spectrum": Method("spectrum"),
+        "spectrum+popularity": Method("spectrum", blend_weight),
     }
-    return {m: scores[m] for m in methods}
+
+
+class MethodScorer:
+    """Score blocks of (users of a split) x (catalog items) for several methods at once (a ranking.BlockScorer).
+
+    Vectors are normalised and put in fixed point per block, so nothing catalog-sized is copied; the profiles of the
+    current user chunk are kept between the blocks of that chunk.
+    """
+
+    def __init__(self, catalog: Catalog, split: LeaveLastOut, variants: dict[str, Method]):
+        self.variants = variants
+        self.popularity = popularity_scores(split.train_counts)
+        self.history = split.history
+        self.spaces: dict[str, np.ndarray] = {}
+        for m in variants.values():
+            if m.space is not None and m.space not in self.spaces:
+                self.spaces[m.space] = space_vectors(catalog, m.space)
+        self._users: np.ndarray | None = None
+        self._profiles: dict[str, Fixed] = {}
+
+    def profiles(self, users: np.ndarray) -> dict[str, Fixed]:
+        if self._users is None or not np.array_equal(users, self._users):
+            self._profiles = {
+                space: to_fixed(unit_rows(np.stack([unit_rows(v[self.history[u]]).mean(axis=0) for u in users])))
+                for space, v in self.spaces.items()
+            }
+            self._users = users
+        return self._profiles
+
+    def __call__(self, users: np.ndarray, items: np.ndarray) -> dict[str, np.ndarray]:
+        profiles = self.profiles(users)
+        content = {space: exact_dot(profiles[space], to_fixed(unit_rows(v[items]))) for space, v in self.spaces.items()}
+        pop = self.popularity[items][None, :]
+        handed_out: set[str] = set()
+        out = {}
+        for name, m in self.variants.items():
+            if m.space is None:
+                out[name] = np.repeat(pop, len(users), axis=0)
+            elif m.popularity_weight is None:
+                # the caller writes exclusions into each block: two plain variants of one space get their own copy
+                out[name] = content[m.space].copy() if m.space in handed_out else content[m.space]
+                handed_out.add(m.space)
+            else:
+                w = m.popularity_weight
+                out[name] = (1.0 - w) * content[m.space] + w * pop
+        return out
+
+
+def space_vectors(catalog: Catalog, space: str) -> np.ndarray:
+    if space == "genres_onehot":
+        return catalog.genre_matrix()[0]
+    if space == "text_embedding":
+        return catalog.text
+    if space == "spectrum":
+        return catalog.spectrum
+    raise ValueError(f"unknown vector space {space!r}")
+
+
+def method_ranks(
+    catalog: Catalog, split: LeaveLastOut, candidates: np.ndarray, variants: dict[str, Method], ev: EvalConfig
+) -> dict[str, RankCounts]:
+    """Per method, each user's rank counts of their target among the candidates minus what they have seen.
+
+    Every method ranks the same candidates with the same exclusions (one block loop masks them all), and the
+    counts do not depend on eval.chunk_rows / chunk_cols.
+    """
+    score = MethodScorer(catalog, split, variants)
+    chunks = list(
+        rank_chunks(score, split.target, split.seen, np.flatnonzero(candidates), ev.chunk_rows, ev.chunk_cols)
+    )
+    return {name: RankCounts.concat([c.counts[name] for c in chunks]) for name in variants}
 
 
 def recommendation_metrics(
@@ -211,8 +289,8 @@ def recommendation_metrics(
     def ci(values: np.ndarray) -> dict[str, float]:
         return mean_with_ci(values, cfg.seed)
 
-    for name, scores in method_scores(catalog, split, blend_weight).items():
-        m = per_user[name] = hit_and_ndcg_at_k(mask_scores(scores, split, candidates), split.target, k)
+    for name, counts in method_ranks(catalog, split, candidates, methods(blend_weight), cfg.eval).items():
+        m = per_user[name] = hit_and_ndcg_from_counts(counts.above, counts.tied, k)
         out[name] = {
             "all": {f"hr@{k}": ci(m.hit), f"ndcg@{k}": ci(m.ndcg), "users": len(m.hit)},
             "long_tail": {
@@ -233,12 +311,10 @@ def validate_blend(
     so choosing the weight here cannot see a test answer.
     """
     val = leave_last_liked_out(drop_targets(ratings, test), len(catalog.movie_ids), cfg.eval.like_threshold)
-    pop = popularity_scores(val.train_counts)
-    spectrum = profile_scores(catalog.spectrum, val.history)
-    hr = {}
-    for w in BLEND_GRID:
-        m = hit_and_ndcg_at_k(mask_scores(blend(spectrum, pop, w), val, candidates), val.target, cfg.eval.k)
-        hr[str(w)] = float(m.hit.mean())
+    val = sample_users(val, cfg.eval.max_users, cfg.seed)
+    variants = {str(w): Method("spectrum", w) for w in BLEND_GRID}
+    counts = method_ranks(catalog, val, candidates, variants, cfg.eval)
+    hr = {w: float(hit_and_ndcg_from_counts(c.above, c.tied, cfg.eval.k).hit.mean()) for w, c in counts.items()}
     best = max(hr, key=lambda w: (hr[w], -float(w)))
     return {"users": len(val.users), f"hr@{cfg.eval.k}_by_weight": hr, "best_weight": float(best)}
 
@@ -246,16 +322,19 @@ def validate_blend(
 # ---------------------------------------------------------------- genre quality
 
 
-def genre_metrics(catalog: Catalog, k: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def genre_metrics(catalog: Catalog, k: int, ev: EvalConfig, seed: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Classification on the test split and coherence@k (also returned per query, for paired comparisons)."""
     labels, _ = catalog.genre_matrix()
     has_genre = labels.any(axis=1)
     # The pool is every labelled movie (a movie without genres can share none, whatever its vector); the queries
-    # are the held-out ones.
+    # are the held-out ones (a seeded sample of eval.coherence_queries of them, when set).
     pool = np.flatnonzero(has_genre)
-    queries = np.flatnonzero(catalog.is_test[pool])
+    held_out = np.flatnonzero(catalog.is_test[pool])
+    queries = held_out
+    if ev.coherence_queries is not None and len(held_out) > ev.coherence_queries:
+        queries = np.sort(np.random.default_rng(seed).choice(held_out, size=ev.coherence_queries, replace=False))
     per_query = {
-        name: coherence_at_k(vectors[pool], labels[pool], queries, k)
+        name: coherence_at_k(vectors[pool], labels[pool], queries, k, ev.chunk_rows, ev.chunk_cols)
         for name, vectors in (("spectrum", catalog.spectrum), ("text_embedding", catalog.text))
     }
     vocab_col = {g: i for i, g in enumerate(catalog.vocab)}
@@ -272,6 +351,8 @@ def genre_metrics(catalog: Catalog, k: int) -> tuple[dict[str, Any], dict[str, n
             "genres_onehot": "1 by construction",
         },
     }
+    if len(queries) < len(held_out):
+        out[f"coherence@{k}"]["queries_held_out"] = len(held_out)
     return out, per_query
 
 
@@ -305,7 +386,8 @@ def build_catalog(catalog: pa.Table, embeddings: pa.Table, classifier: LoadedCla
     emb["row"] = np.arange(len(emb))
     joined = meta.merge(emb, on=["movie_id", "content_hash"], how="inner").sort_values("movie_id", kind="stable")
     joined = joined.drop_duplicates("movie_id", keep="last")
-    text = schema.vector_matrix(embeddings.column("embedding"))[joined["row"].to_numpy()]
+    # take the current rows before converting: one (movies, d) copy instead of all embeddings and then a subset
+    text = schema.vector_matrix(embeddings.column("embedding").take(pa.array(joined["row"].to_numpy())))
     spectrum, probs = infer(classifier, text)
     split = model_split(classifier, cfg)
     ids = joined["movie_id"].to_numpy(dtype=str)
@@ -327,29 +409,33 @@ def build_catalog(catalog: pa.Table, embeddings: pa.Table, classifier: LoadedCla
 
 def compute_metrics(catalog: Catalog, ratings: pd.DataFrame, cfg: Config) -> dict[str, Any]:
     """Every metric of the report from in-memory inputs (`ratings` as join_ratings returns it)."""
-    test = leave_last_liked_out(ratings, len(catalog.movie_ids), cfg.eval.like_threshold)
+    eligible = leave_last_liked_out(ratings, len(catalog.movie_ids), cfg.eval.like_threshold)
+    test = sample_users(eligible, cfg.eval.max_users, cfg.seed)
     candidates = np.zeros(len(catalog.movie_ids), dtype=bool)
     candidates[ratings["item"].unique()] = True
-    validation = validate_blend(catalog, ratings, test, candidates, cfg)
+    validation = validate_blend(catalog, ratings, eligible, candidates, cfg)
     weight = validation["best_weight"] if cfg.eval.tune_blend else cfg.eval.popularity_blend
     k = cfg.eval.k
-    genres, coherence = genre_metrics(catalog, k)
+    genres, coherence = genre_metrics(catalog, k, cfg.eval, cfg.seed)
     recs, per_user, tail = recommendation_metrics(catalog, test, candidates, weight, cfg)
     hit = {m: r.hit for m, r in per_user.items()}
+    protocol = {
+        "users": len(test.users),
+        "candidates": int(candidates.sum()),
+        "like_threshold": cfg.eval.like_threshold,
+        "long_tail_max_ratings": cfg.eval.long_tail_max_ratings,
+        "blend_weight": weight,
+        "blend_weight_from": "validation slice" if cfg.eval.tune_blend else "eval.popularity_blend",
+    }
+    if len(test.users) < len(eligible.users):
+        protocol["users_eligible"] = len(eligible.users)
     return {
         "k": k,
         "seed": cfg.seed,
         "catalog": {"movies": len(catalog.movie_ids), "held_out": int(catalog.is_test.sum())},
         "genres": genres,
         "recommendation": {
-            "protocol": {
-                "users": len(test.users),
-                "candidates": int(candidates.sum()),
-                "like_threshold": cfg.eval.like_threshold,
-                "long_tail_max_ratings": cfg.eval.long_tail_max_ratings,
-                "blend_weight": weight,
-                "blend_weight_from": "validation slice" if cfg.eval.tune_blend else "eval.popularity_blend",
-            },
+            "protocol": protocol,
             "methods": recs,
             "blend_validation": validation,
         },

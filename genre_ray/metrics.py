@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import bootstrap
 from sklearn.metrics import average_precision_score, f1_score
-from sklearn.neighbors import NearestNeighbors
+
+from genre_ray.ranking import nearest_neighbours
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,16 @@ def hit_and_ndcg_at_k(scores: np.ndarray, targets: np.ndarray, k: int) -> Rankin
         raise ValueError("a target is excluded from its own candidates (score -inf or nan)")
     above = (scores > target_score[:, None]).sum(axis=1)
     tied = (scores == target_score[:, None]).sum(axis=1)
+    return hit_and_ndcg_from_counts(above, tied, k)
+
+
+def hit_and_ndcg_from_counts(above: np.ndarray, tied: np.ndarray, k: int) -> RankingMetrics:
+    """HR@k and NDCG@k from, per user, the candidates scoring above the target and equal to it (target included).
+
+    What hit_and_ndcg_at_k computes from a dense score matrix, for callers that count in blocks (evaluate).
+    """
+    above = np.asarray(above, dtype=np.int64)
+    tied = np.asarray(tied, dtype=np.int64)
     positions = np.arange(k)
     # (users, k): which of the first k positions the target may occupy, each with probability 1 / tied.
     reachable = (positions[None, :] >= above[:, None]) & (positions[None, :] < (above + tied)[:, None])
@@ -70,25 +81,27 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
 
 
-def coherence_at_k(vectors: np.ndarray, labels: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+def coherence_at_k(
+    vectors: np.ndarray, labels: np.ndarray, queries: np.ndarray, k: int, rows: int = 256, cols: int = 8192
+) -> np.ndarray:
     """Per query: the share of its k cosine-nearest neighbours (itself excluded) sharing at least one label.
 
     `vectors` (n, d) is the neighbour pool, `labels` (n, g) its multi-hot genres, `queries` indices into the pool.
     A query is excluded from its own neighbours by index, so an exact duplicate of it elsewhere in the catalog
-    still counts as a neighbour (it is a different catalog entry).
+    still counts as a neighbour (it is a different catalog entry); equally similar neighbours are taken in pool
+    order. Scanned `rows` queries x `cols` pool movies at a time (ranking.nearest_neighbours), so memory does not
+    grow with the pool, and the answer does not depend on the chunk sizes.
     """
     labels = np.asarray(labels, dtype=bool)
     queries = np.asarray(queries, dtype=np.int64)
-    if len(vectors) <= k:
-        raise ValueError(f"need more than k={k} movies in the pool, got {len(vectors)}")
-    nn = NearestNeighbors(n_neighbors=k + 1, metric="cosine", algorithm="brute").fit(vectors)
-    _, idx = nn.kneighbors(np.asarray(vectors)[queries])
-    neighbours = np.empty((len(queries), k), dtype=np.int64)
-    for row, (q, found) in enumerate(zip(queries, idx, strict=True)):
-        others = found[found != q]
-        neighbours[row] = others[:k]
-    shares = (labels[neighbours] & labels[queries][:, None, :]).any(axis=2)
-    return shares.mean(axis=1)
+    unit = unit_rows(vectors)
+    shares = []
+    for start, neighbours in zip(
+        range(0, len(queries), rows), nearest_neighbours(unit, queries, k, rows, cols), strict=True
+    ):
+        mine = labels[queries[start : start + rows]]
+        shares.append((labels[neighbours] & mine[:, None, :]).any(axis=2).mean(axis=1))
+    return np.concatenate(shares) if shares else np.zeros(0)
 
 
 def recall_at_k(approx: list[list[str]], exact: list[list[str]], k: int) -> float:

@@ -21,16 +21,20 @@ from genre_ray.embed import embeddings_uri
 from genre_ray.evaluate import (
     METHODS,
     Catalog,
+    MethodScorer,
+    compute_metrics,
     drop_targets,
     evaluate,
     goal,
     join_ratings,
     leave_last_liked_out,
-    mask_scores,
-    method_scores,
+    method_ranks,
+    methods,
 )
 from genre_ray.layout import RunLayout
+from genre_ray.metrics import hit_and_ndcg_at_k, hit_and_ndcg_from_counts
 from genre_ray.model import ClassifierSpec, GenreClassifier, save_classifier
+from genre_ray.ranking import rank_chunks
 from genre_ray.store.recall import ann_recall
 
 EMB_DIM = 16
@@ -141,22 +145,84 @@ def tiny_catalog(n: int, seed: int = 0) -> Catalog:
     )
 
 
+def candidates_of(ratings: pd.DataFrame, n: int) -> np.ndarray:
+    candidates = np.zeros(n, dtype=bool)
+    candidates[ratings["item"].unique()] = True
+    return candidates
+
+
+def dense_reference(catalog: Catalog, split, candidates: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The unchunked definition: every user x every item scored at once, exclusions as -inf, HR/NDCG from it."""
+    users, items = np.arange(len(split.users)), np.arange(len(catalog.movie_ids))
+    out = {}
+    for name, scores in MethodScorer(catalog, split, methods(0.3))(users, items).items():
+        scores = np.where(candidates[None, :], scores, -np.inf)
+        for row, seen in enumerate(split.seen):
+            scores[row, seen] = -np.inf
+        m = hit_and_ndcg_at_k(scores, split.target, k=10)
+        out[name] = (m.hit, m.ndcg)
+    return out
+
+
 def test_every_method_ranks_the_same_candidates():
     catalog = tiny_catalog(50)
     ratings = random_ratings(3)
     split = leave_last_liked_out(ratings, 50, 4.0)
-    candidates = np.zeros(50, dtype=bool)
-    candidates[ratings["item"].unique()] = True
-    candidates[split.target] = True
-    masked = {m: mask_scores(s, split, candidates) for m, s in method_scores(catalog, split, 0.3).items()}
-    assert set(masked) == set(METHODS)
-    allowed = {m: np.isfinite(s) for m, s in masked.items()}
-    reference = allowed["popularity"]
+    candidates = candidates_of(ratings, 50)
+    counts = method_ranks(catalog, split, candidates, methods(0.3), EvalConfig(chunk_rows=4, chunk_cols=8))
+    assert set(counts) == set(METHODS)
+    allowed = [candidates.sum() - candidates[seen].sum() for seen in split.seen]
     for m in METHODS:
-        assert (allowed[m] == reference).all(), m
-    for row, seen in enumerate(split.seen):
-        assert not reference[row, seen].any()
-        assert reference[row, split.target[row]]
+        assert counts[m].ranked.tolist() == allowed, m
+        assert (counts[m].tied >= 1).all() and (counts[m].above + counts[m].tied <= counts[m].ranked).all()
+
+
+def test_chunked_rankings_equal_the_unchunked_definition():
+    """Chunks of 3 users x 7 candidates give exactly the metrics of one dense users x catalog matrix."""
+    catalog = tiny_catalog(50, seed=4)
+    ratings = random_ratings(5)
+    split = leave_last_liked_out(ratings, 50, 4.0)
+    candidates = candidates_of(ratings, 50)
+    assert len(split.users) > 3 * 4  # several user chunks, the last one partial
+    dense = dense_reference(catalog, split, candidates)
+    for rows, cols in ((3, 7), (1, 1), (1000, 1000)):
+        counts = method_ranks(catalog, split, candidates, methods(0.3), EvalConfig(chunk_rows=rows, chunk_cols=cols))
+        for name, c in counts.items():
+            got = hit_and_ndcg_from_counts(c.above, c.tied, 10)
+            assert got.hit.tolist() == dense[name][0].tolist(), (name, rows, cols)
+            assert got.ndcg.tolist() == dense[name][1].tolist(), (name, rows, cols)
+    # ties are real here (one-hot genres, popularity counts): the comparison is not vacuous
+    assert (method_ranks(catalog, split, candidates, methods(0.3), EvalConfig())["genres_onehot"].tied > 1).any()
+
+
+def test_a_chunk_never_scores_more_than_chunk_rows_users_or_chunk_cols_candidates():
+    catalog = tiny_catalog(50, seed=4)
+    ratings = random_ratings(5)
+    split = leave_last_liked_out(ratings, 50, 4.0)
+    candidates = np.flatnonzero(candidates_of(ratings, 50))
+    score = MethodScorer(catalog, split, methods(0.3))
+    chunks = list(rank_chunks(score, split.target, split.seen, candidates, rows=4, cols=6))
+    assert len(chunks) == -(-len(split.users) // 4)
+    assert np.concatenate([c.users for c in chunks]).tolist() == list(range(len(split.users)))
+    for c in chunks:
+        assert len(c.users) <= 4
+        assert c.block_shape[0] <= 4 and c.block_shape[1] <= 6
+        assert all(len(v.above) == len(c.users) for v in c.counts.values())
+
+
+def test_sampled_users_and_coherence_queries_are_seeded_subsets():
+    catalog = tiny_catalog(120, seed=6)
+    ratings = random_ratings(7, users=60, items=120)
+    full = compute_metrics(catalog, ratings, Config())
+    sampled_cfg = Config(eval=EvalConfig(max_users=10, coherence_queries=5))
+    sampled = compute_metrics(catalog, ratings, sampled_cfg)
+    assert sampled == compute_metrics(catalog, ratings, sampled_cfg)  # seeded
+    protocol = sampled["recommendation"]["protocol"]
+    assert protocol["users"] == 10 and protocol["users_eligible"] == full["recommendation"]["protocol"]["users"] > 10
+    coherence = sampled["genres"]["coherence@10"]
+    assert coherence["queries"] == 5 and coherence["queries_held_out"] == full["genres"]["coherence@10"]["queries"]
+    # the defaults score everyone: no sampling keys in the report
+    assert "users_eligible" not in full["recommendation"]["protocol"]
 
 
 def test_goal_verdicts_carry_the_paired_difference():

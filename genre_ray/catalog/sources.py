@@ -10,6 +10,15 @@ Row numbers (`Record.row`), the `source_row` of the catalog and of the rejects:
 - Parquet: the 0-based row index in the file (`pq.read_table(f).slice(row, 1)`).
 - A JSON file whose top level is an array (`[{...}, {...}]`, any .json/.jsonl name): the 0-based element index
   (`jq '.[<row>]' file`).
+
+A big file is read by several tasks, each one part (`split_parquet`, `split_text`), with the same records, row
+numbers and errors as one task reading it whole. Text parts (uncompressed CSV and JSON Lines) are byte ranges cut
+just after a newline; each knows the line number it starts on (counted beforehand, `count_lines`) and reads the
+file's header from the file's start. A part owns the records that start in its range and reads past its end to
+finish the last one. A CSV record can span lines (a quoted field with a newline): if one spans a cut, the next part
+started inside it, so the part that owns it raises `RecordCrossesCut` at its end and the caller re-reads the
+whole file in one task. JSON Lines records are one line each, so their cuts are always safe. Compressed files and
+JSON arrays are never split (they cannot be entered in the middle).
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ import csv
 import io
 import itertools
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -59,6 +68,8 @@ class SourceFile:
     # A part of a big Parquet file read by its own task: row groups [start, stop), whose first row is `first_row`.
     # None: the whole file.
     row_groups: tuple[int, int] | None = None
+    # A part of a big CSV / JSON Lines file: bytes [start, stop), starting on the 0-based line `first_row`.
+    byte_range: tuple[int, int] | None = None
     first_row: int = 0
 
 
@@ -80,6 +91,96 @@ def split_parquet(src: SourceFile, rows_per_task: int) -> list[SourceFile]:
             parts.append(replace(src, row_groups=(start, g + 1), first_row=first))
             start, first, rows = g + 1, first + rows, 0
     return parts if len(parts) > 1 else [src]
+
+
+class RecordCrossesCut(Exception):
+    """A CSV part's last record runs past the part's end: the next part began inside it, so its records are wrong
+    and the file must be read by one task. Raised after every record the part owns has been yielded."""
+
+
+# One read of a file for planning its parts.
+_SCAN_BYTES = 1 << 20
+
+
+def _is_compressed(path: str) -> bool:
+    return path.lower().endswith(_COMPRESSION)
+
+
+def text_cuts(src: SourceFile, bytes_per_task: int) -> list[int] | None:
+    """Byte offsets [0, cut, ..., size] splitting an uncompressed CSV / JSON Lines file into parts of about
+    `bytes_per_task` bytes, each cut just after a newline (so never inside a \\r\\n or a UTF-8 character) and, for a
+    CSV, after its header line. None: read the file as one part (small, compressed, a JSON array, one long line)."""
+    if src.format not in ("csv", "jsonl") or src.byte_range is not None or _is_compressed(src.path):
+        return None
+    fs, path = fsspec.core.url_to_fs(src.path)
+    size = fs.size(path)
+    if size <= bytes_per_task or (src.format == "jsonl" and _first_char(src.path) == "["):
+        return None
+    floor = _csv_header_end(src.path) if src.format == "csv" else 0
+    with fs.open(path, "rb") as f:
+        cuts = [0]
+        for nominal in range(bytes_per_task, size, bytes_per_task):
+            cut = _next_line_start(f, max(nominal, floor, cuts[-1] + 1))
+            if cut is None or cut >= size:
+                break
+            if cut > cuts[-1]:
+                cuts.append(cut)
+    return [*cuts, size] if len(cuts) > 1 else None
+
+
+def _csv_header_end(path: str) -> int:
+    """The byte offset just after a CSV's header, its first non-blank line (0 if there is none)."""
+    with fsspec.open(path, "rb") as f:
+        offset = 3 if f.read(3) == b"\xef\xbb\xbf" else 0  # the UTF-8 BOM _lines_from drops
+    for line in _lines_from(path, 0):
+        offset += len(line.encode("utf-8", "surrogateescape"))
+        if line.strip():
+            return offset
+    return 0
+
+
+def _next_line_start(f: Any, at: int) -> int | None:
+    """The first offset >= `at` right after a \\n, or None if there is none before the end of the file."""
+    f.seek(at - 1)
+    pos = at - 1
+    while chunk := f.read(_SCAN_BYTES):
+        found = chunk.find(b"\n")
+        if found >= 0:
+            return pos + found + 1
+        pos += len(chunk)
+    return None
+
+
+def count_lines(path: str, start: int, stop: int) -> int:
+    """Lines in bytes [start, stop) of a file as `io.StringIO(newline="")` splits them (\\n, \\r\\n and \\r end a
+    line), for a range that ends just after a newline: what a part adds to the line numbers of the parts after it."""
+    n = 0
+    last = b""
+    with fsspec.open(path, "rb") as f:
+        f.seek(start)
+        left = stop - start
+        while left > 0 and (chunk := f.read(min(_SCAN_BYTES, left))):
+            left -= len(chunk)
+            n += chunk.count(b"\n") + chunk.count(b"\r") - chunk.count(b"\r\n")
+            n -= last == b"\r" and chunk[:1] == b"\n"  # a \r\n split between two reads is one line end
+            last = chunk[-1:]
+    return n
+
+
+def split_text(
+    src: SourceFile, bytes_per_task: int, count: Callable[[str, list[tuple[int, int]]], list[int]] | None = None
+) -> list[SourceFile]:
+    """A big uncompressed CSV / JSON Lines file as byte-range parts (see the module docstring); others as is.
+
+    `count` maps the ranges to their line counts (the stage counts them in parallel tasks); default: here, in turn.
+    """
+    cuts = text_cuts(src, bytes_per_task)
+    if cuts is None:
+        return [src]
+    ranges = list(itertools.pairwise(cuts))
+    counted = count(src.path, ranges[:-1]) if count else [count_lines(src.path, a, b) for a, b in ranges[:-1]]
+    firsts = [0, *itertools.accumulate(counted)]
+    return [replace(src, byte_range=r, first_row=first) for r, first in zip(ranges, firsts, strict=True)]
 
 
 @dataclass
@@ -167,6 +268,8 @@ def read_records(src: SourceFile) -> tuple[list[str], Iterator[Record]]:
     """The file's column names and an iterator over its records."""
     if src.format == "parquet":
         return _parquet_records(src.path, src.row_groups, src.first_row)
+    if src.byte_range is not None:
+        return _text_part_records(src)
     if src.format == "jsonl" and _first_char(src.path) == "[":
         return _json_array_records(src.path)
     with fsspec.open(src.path, "rb", compression="infer") as f:
@@ -176,6 +279,55 @@ def read_records(src: SourceFile) -> tuple[list[str], Iterator[Record]]:
     if src.format == "csv":
         return _csv_records(text)
     return _jsonl_records(text, src.path)
+
+
+def _text_part_records(src: SourceFile) -> tuple[list[str], Iterator[Record]]:
+    """The records of one byte-range part, numbered as in the whole file; the header comes from the file's start."""
+    assert src.byte_range is not None
+    start, stop = src.byte_range
+    with fsspec.open(src.path, "rb") as f:
+        f.seek(start)
+        data = f.read(stop - start)
+    text = data.decode("utf-8", "surrogateescape")
+    if start == 0:
+        text = text.removeprefix("\ufeff")
+    lines = io.StringIO(text, newline="").readlines()
+    if src.format == "csv":
+        # part 0 holds the header (text_cuts cuts after it); the others read it from the file's start
+        header_at = next((i for i, line in enumerate(lines) if line.strip()), len(lines)) if start == 0 else -1
+        header = _csv_header(iter(lines[header_at:]) if start == 0 else _lines_from(src.path, 0))
+        more = _lines_from(src.path, stop)
+        return header, _csv_body(lines, header, header_at + 1, row0=src.first_row, own=len(lines), more=more)
+    header = _jsonl_header(_lines_from(src.path, 0), src.path)
+    return header, _jsonl_body(lines, row0=src.first_row)
+
+
+def _lines_from(path: str, start: int) -> Iterator[str]:
+    """The file's lines from byte `start` (a line start) on, read lazily; decoded as a whole-file read decodes them."""
+    with fsspec.open(path, "rb") as f:
+        f.seek(start)
+        rest = b""
+        first = start == 0
+        while True:
+            chunk = f.read(_SCAN_BYTES)
+            data = rest + chunk
+            # up to the last \n: never inside a \r\n or a UTF-8 character; at the end of the file, everything
+            cut = data.rfind(b"\n") + 1 if chunk else len(data)
+            if cut:
+                text = data[:cut].decode("utf-8", "surrogateescape")
+                if first:
+                    text, first = text.removeprefix("\ufeff"), False
+                yield from io.StringIO(text, newline="").readlines()
+            rest = data[cut:]
+            if not chunk:
+                return
+
+
+def _csv_header(lines: Iterator[str]) -> list[str]:
+    for line in lines:
+        if line.strip():
+            return [h.strip() for h in next(csv.reader([line]))]
+    return []
 
 
 def _first_char(path: str) -> str:
@@ -189,18 +341,26 @@ def _first_char(path: str) -> str:
 
 
 class _LineCursor:
-    """Feeds physical lines to csv.reader and knows where it stopped, so a bad record can be re-read."""
+    """Feeds physical lines to csv.reader and knows where it stopped, so a bad record can be re-read.
 
-    def __init__(self, lines: list[str], pos: int):
+    `more`: the lines after `lines` (a part's continuation past its end), appended to `lines` only when a record
+    needs them.
+    """
+
+    def __init__(self, lines: list[str], pos: int, more: Iterator[str] | None = None):
         self.lines = lines
         self.pos = pos
+        self.more = more
 
     def __iter__(self) -> _LineCursor:
         return self
 
     def __next__(self) -> str:
         if self.pos >= len(self.lines):
-            raise StopIteration
+            line = next(self.more, None) if self.more is not None else None
+            if line is None:
+                raise StopIteration
+            self.lines.append(line)
         self.pos += 1
         return self.lines[self.pos - 1]
 
@@ -215,11 +375,20 @@ def _csv_records(text: str) -> tuple[list[str], Iterator[Record]]:
     return header, _csv_body(lines, header, header_at + 1)
 
 
-def _csv_body(lines: list[str], header: list[str], first: int) -> Iterator[Record]:
-    cursor = _LineCursor(lines, first)
+def _csv_body(
+    lines: list[str],
+    header: list[str],
+    first: int,
+    row0: int = 0,
+    own: int | None = None,
+    more: Iterator[str] | None = None,
+) -> Iterator[Record]:
+    """Records starting on lines[first:own] (all of them by default); `row0` is the file line of lines[0]."""
+    own = len(lines) if own is None else own
+    cursor = _LineCursor(lines, first, more)
     reader = csv.reader(cursor, strict=True)
     kind: str | None
-    while cursor.pos < len(lines):
+    while cursor.pos < own:
         start = cursor.pos
         try:
             fields = next(reader)
@@ -243,19 +412,32 @@ def _csv_body(lines: list[str], header: list[str], first: int) -> Iterator[Recor
         if problem is not None:
             # Reject only the line the broken record starts on and re-read everything after it: an unclosed quote
             # swallows the following lines into one field, and they are good rows of their own.
-            yield Record(row=start + 1, values=None, error=problem, error_kind=kind, _raw=lines[start])
+            yield Record(row=row0 + start + 1, values=None, error=problem, error_kind=kind, _raw=lines[start])
             cursor.pos = start + 1
             reader = csv.reader(cursor, strict=True)
             continue
         yield Record(
-            row=start + 1, values=dict(zip(header, fields, strict=True)), _raw="".join(lines[start : cursor.pos])
+            row=row0 + start + 1,
+            values=dict(zip(header, fields, strict=True)),
+            _raw="".join(lines[start : cursor.pos]),
         )
+    if cursor.pos > own:
+        raise RecordCrossesCut(f"a record runs past line {row0 + own} (a quoted field with a newline)")
 
 
 def _jsonl_records(text: str, path: str) -> tuple[list[str], Iterator[Record]]:
     lines = io.StringIO(text, newline="").readlines()
+    return _jsonl_header(iter(lines), path), _jsonl_body(lines)
+
+
+def _jsonl_header(lines: Iterator[str], path: str) -> list[str]:
+    """The keys of the file's first JSON object (read only as far as that object); a file-level error if the file
+    is one multi-line object or holds no object at all."""
     header: list[str] = []
-    for line in lines:  # the header of a JSON Lines file: the keys of its first object
+    first: str | None = None
+    for line in lines:
+        if first is None and line.strip():
+            first = line.strip()
         try:
             obj = json.loads(line)
         except json.JSONDecodeError:
@@ -263,7 +445,6 @@ def _jsonl_records(text: str, path: str) -> tuple[list[str], Iterator[Record]]:
         if isinstance(obj, dict):
             header = list(obj)
             break
-    first = next((line.strip() for line in lines if line.strip()), None)
     if first == "{":
         raise CatalogError(
             f"{path}: the top level is one JSON object spread over several lines; a catalog is an array of "
@@ -275,11 +456,11 @@ def _jsonl_records(text: str, path: str) -> tuple[list[str], Iterator[Record]]:
             f"{path}: no JSON object found: the top level must be an array of objects or JSON Lines "
             f"(one object per line); the file starts with {first[:40]!r}"
         )
-    return header, _jsonl_body(lines)
+    return header
 
 
-def _jsonl_body(lines: list[str]) -> Iterator[Record]:
-    for i, line in enumerate(lines):
+def _jsonl_body(lines: list[str], row0: int = 0) -> Iterator[Record]:
+    for i, line in enumerate(lines, start=row0):
         if not line.strip():
             continue
         try:

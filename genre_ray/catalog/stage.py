@@ -2,8 +2,9 @@
 
 Shape, chosen so it scales with the number of files and stays cheap for one small file:
 1. The driver expands `catalog.paths` into an ordered file list (config errors surface here, naming the path).
-2. One Ray task per file (per catalog.parquet_rows_per_task rows of whole row groups of a big Parquet file) reads,
-   adapts and validates it, and builds each row's document and content hash. Its
+2. One Ray task per file, or per part of a big one (catalog.parquet_rows_per_task rows of whole row groups of a
+   Parquet file; catalog.bytes_per_task bytes of whole lines of an uncompressed CSV / JSON Lines file, see
+   sources), reads, adapts and validates it, and builds each row's document and content hash. Its
    catalog rows stay in the object store as one Arrow block; only its rejects and counts come back to the driver.
 3. The blocks become a Ray Dataset. Duplicate ids are found from two narrow columns (movie_id, order key): on
    the driver up to DRIVER_DEDUP_MAX_ROWS rows, by a Ray groupby above, so no shuffle ever carries documents.
@@ -28,7 +29,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +47,14 @@ from genre_ray.catalog.adapters import BUILTIN, Adapter, FieldWarning, Limits, R
 from genre_ray.catalog.sources import (
     CatalogError,
     Record,
+    RecordCrossesCut,
     SourceFile,
+    count_lines,
     expand_paths,
     printable,
     read_records,
     split_parquet,
+    split_text,
 )
 from genre_ray.config import CatalogConfig, Config, TextConfig
 from genre_ray.layout import RunLayout, atomic_write, atomic_write_text
@@ -94,6 +98,8 @@ class FileReport:
     examples: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     error: str | None = None  # a file-level problem (unusable header, corrupt Parquet): raised on the driver
+    # a part of a CSV whose last record ran past its end: the file is read again by one task (not in accounting)
+    record_crosses_cut: bool = False
 
 
 @dataclass
@@ -240,13 +246,9 @@ def parse_file(
     except CatalogError as err:
         report.error = str(err)
         return (*_empty_outputs(), report)
-    if report.rows_in == 0:
-        report.warnings.append(f"{src.path}: header only, 0 rows")
-    if report.empty_documents:
-        report.warnings.append(
-            f"{src.path}: {report.empty_documents} kept row(s) have an empty document: no text.parts part has all "
-            "its fields (e.g. a template part '$title ($year).' drops the title when the year is missing)"
-        )
+    except RecordCrossesCut:
+        report.record_crosses_cut = True  # the driver throws this file's parts away and reads it whole
+        return (*_empty_outputs(), report)
     ok_blocks.append(pa.Table.from_pylist(ok, schema=_ORDERED_CATALOG))
     table = pa.concat_tables(ok_blocks).combine_chunks()
     report.rows_ok, report.rows_rejected = table.num_rows, len(rejects)
@@ -300,6 +302,36 @@ def _reject(
         "raw": rec.raw,
         _ORDER: order,
     }
+
+
+def finish_report(report: FileReport) -> FileReport:
+    """The warnings about a whole file, added once its parts are merged (a part's own count would be wrong)."""
+    if report.error is not None:
+        return report  # raised on the driver; warnings would not be shown
+    if report.adapter is not None and report.rows_in == 0:
+        report.warnings.append(f"{report.path}: header only, 0 rows")
+    if report.empty_documents:
+        report.warnings.append(
+            f"{report.path}: {report.empty_documents} kept row(s) have an empty document: no text.parts part has "
+            "all its fields (e.g. a template part '$title ($year).' drops the title when the year is missing)"
+        )
+    return report
+
+
+@ray.remote(max_retries=2)
+def _count_lines_task(path: str, start: int, stop: int) -> int:
+    return count_lines(path, start, stop)
+
+
+def _count_on_ray(path: str, ranges: list[tuple[int, int]]) -> list[int]:
+    return ray.get([_count_lines_task.remote(path, a, b) for a, b in ranges])
+
+
+def split_source(src: SourceFile, cfg: CatalogConfig) -> list[SourceFile]:
+    """A file as the parts its tasks read: row-group runs of a big Parquet file, byte ranges of a big text file."""
+    if src.format == "parquet":
+        return split_parquet(src, cfg.parquet_rows_per_task)
+    return split_text(src, cfg.bytes_per_task, count=_count_on_ray)
 
 
 @ray.remote(num_returns=5, max_retries=2)
@@ -421,8 +453,9 @@ def ingest(cfg: Config, layout: RunLayout) -> IngestResult:
     enc_id = encoder_id(cfg.encoder.model, cfg.encoder.max_length, cfg.encoder.pooling, cfg.encoder.normalize)
     init_ray(cfg.ray)
 
-    parts = [part for src in files for part in split_parquet(src, cfg.catalog.parquet_rows_per_task)]
+    parts = [part for src in files for part in split_source(src, cfg.catalog)]
     calls = [_parse_file_task.remote(src, cfg.catalog, cfg.text, enc_id) for src in parts]
+    parts, calls = _reread_crossed(parts, calls, cfg, enc_id)
     reports = _merge_parts(ray.get([c[4] for c in calls]))
     for rep in reports:
         if rep.error:
@@ -465,6 +498,28 @@ def ingest(cfg: Config, layout: RunLayout) -> IngestResult:
     return result
 
 
+def _reread_crossed(
+    parts: list[SourceFile], calls: list[Any], cfg: Config, enc_id: str
+) -> tuple[list[SourceFile], list[Any]]:
+    """Files where a CSV record spans a cut between two parts, read again by one task in place of their parts."""
+    crossed = {
+        src.path for src, rep in zip(parts, ray.get([c[4] for c in calls]), strict=True) if rep.record_crosses_cut
+    }
+    if not crossed:
+        return parts, calls
+    kept_parts, kept_calls = [], []
+    for src, call in zip(parts, calls, strict=True):
+        if src.path not in crossed:
+            kept_parts.append(src)
+            kept_calls.append(call)
+        elif src.byte_range is not None and src.byte_range[0] == 0:
+            log.info("%s: a quoted field spans a task boundary; reading the file in one task", src.path)
+            whole = replace(src, byte_range=None, first_row=0)
+            kept_parts.append(whole)
+            kept_calls.append(_parse_file_task.remote(whole, cfg.catalog, cfg.text, enc_id))
+    return kept_parts, kept_calls
+
+
 def _merge_parts(parts: list[FileReport]) -> list[FileReport]:
     """One report per file from the reports of its parts (in file order; a file's parts are adjacent and in order)."""
     merged: dict[str, FileReport] = {}
@@ -486,7 +541,7 @@ def _merge_parts(parts: list[FileReport]) -> list[FileReport]:
             rep.examples.setdefault(key, example)
         rep.warnings.extend(w for w in part.warnings if w not in rep.warnings)
         rep.error = rep.error or part.error
-    return list(merged.values())
+    return [finish_report(rep) for rep in merged.values()]
 
 
 def _write_movies(kept: ray.data.Dataset, layout: RunLayout) -> None:
@@ -509,7 +564,9 @@ def _account(reports: list[FileReport], warnings: list[str], seconds: float) -> 
         warned.update(rep.field_warnings_by_reason)
         warnings = [*warnings, *rep.warnings]
         per_file[rep.path] = {
-            k: v for k, v in asdict(rep).items() if k not in ("path", "error", "warnings", "examples")
+            k: v
+            for k, v in asdict(rep).items()
+            if k not in ("path", "error", "warnings", "examples", "record_crosses_cut")
         }
     return IngestResult(
         rows_in=sum(r.rows_in for r in reports),
