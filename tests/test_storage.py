@@ -112,24 +112,14 @@ def test_stale_lease_is_taken_over(root):
     assert acquire(store, "night", timeout_s=-1)["run_id"] == "night"
 
 
-def test_publish_switch_lost_race_is_refused_and_readers_take_the_winner(root, monkeypatch):
+def test_publish_switch_lost_race_is_refused_and_readers_take_the_winner(root):
     store = root / "store"
     manifests.record(store, {"run_id": "base", "tables": {}})
-    # A rival switches in the window between this writer's listing and its create: the worst interleaving
-    real = manifests.switches
-    rival_done = []
-
-    def listing_then_rival(store_dir):
-        seen = real(store_dir)
-        if not rival_done:
-            rival_done.append(True)
-            manifests.record(store, {"run_id": "rival", "tables": {}})
-        return seen
-
-    monkeypatch.setattr(manifests, "switches", listing_then_rival)
+    # The worst interleaving: a writer reads the store, a rival publishes, then the writer switches
+    started_from = manifests.read_manifest(store)
+    manifests.record(store, {"run_id": "rival", "tables": {}})
     with pytest.raises(StoreError, match="another writer switched the store at the same moment"):
-        manifests.record(store, {"run_id": "late", "tables": {}})
-    monkeypatch.undo()
+        manifests.record(store, {"run_id": "late", "tables": {}}, based_on=started_from)
     assert Store(store).manifest()["run_id"] == "rival"
     # the loser left no history record: rollback only reaches publishes that were served
     assert [m["run_id"] for m in Store(store).history()] == ["base", "rival"]

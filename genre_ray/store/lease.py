@@ -23,7 +23,6 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from genre_ray import storage
@@ -104,8 +103,7 @@ def _prune(store_dir: StoragePath, below: int) -> None:
 
 
 def acquire(store_dir: StoragePath, run_id: str, timeout_s: float, break_lock: bool = False) -> dict[str, Any]:
-    if isinstance(store_dir, Path):
-        store_dir.mkdir(parents=True, exist_ok=True)
+    store_dir.mkdir(parents=True, exist_ok=True)
     holder = {
         "run_id": run_id,
         "host": socket.gethostname(),

@@ -36,8 +36,13 @@ HISTORY_DIR = "manifests"
 KEEP_SWITCHES = 8
 
 
+# The number of the switch record a manifest was read from. Added on reading (the record's name is the truth), never
+# written into a record: a writer hands the manifest it started from back to `switch`, which creates number + 1.
+SWITCH = "switch"
+
+
 def manifest_json(manifest: Mapping[str, Any]) -> str:
-    return json.dumps(manifest, indent=2, sort_keys=True)
+    return json.dumps({k: v for k, v in manifest.items() if k != SWITCH}, indent=2, sort_keys=True)
 
 
 def switches(store_dir: StoragePath) -> list[tuple[int, StoragePath]]:
@@ -51,14 +56,16 @@ def switches(store_dir: StoragePath) -> list[tuple[int, StoragePath]]:
 
 
 def read_manifest(store_dir: StoragePath) -> dict[str, Any] | None:
-    """The manifest readers are served: the highest switch record (None: nothing published)."""
+    """The manifest readers are served: the highest switch record, with its number under "switch" (None: nothing
+    published)."""
     for _ in range(5):
         records = switches(store_dir)
         if not records:
             legacy = store_dir / MANIFEST
             return json.loads(legacy.read_text(encoding="utf-8")) if legacy.exists() else None
+        n, path = records[-1]
         try:
-            return json.loads(records[-1][1].read_text(encoding="utf-8"))
+            return json.loads(path.read_text(encoding="utf-8")) | {SWITCH: n}
         except FileNotFoundError:
             continue  # pruned by a newer switch between the listing and the read: list again
     raise StoreError(f"{store_dir}: the served manifest kept changing while being read; retry")
@@ -80,24 +87,35 @@ def last_seq(manifest: Mapping[str, Any] | None) -> int:
     return int(manifest.get("last_seq", manifest.get("seq", -1)))
 
 
-def record(store_dir: StoragePath, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Give a new publish the next sequence number, keep it in the history, and make it the served manifest."""
-    seq = last_seq(read_manifest(store_dir)) + 1
+_UNREAD: Any = object()
+
+
+def record(
+    store_dir: StoragePath, manifest: dict[str, Any], based_on: Mapping[str, Any] | None = _UNREAD
+) -> dict[str, Any]:
+    """Give a new publish the next sequence number, keep it in the history, and make it the served manifest.
+
+    `based_on`: the manifest the publish started from (read_manifest's, None: an empty store); the switch fails if
+    another writer switched since. Left out, the manifest served now is taken."""
+    if based_on is _UNREAD:
+        based_on = read_manifest(store_dir)
+    seq = last_seq(based_on) + 1
     manifest["seq"] = manifest["last_seq"] = seq
     kept = store_dir / HISTORY_DIR / f"{seq:06d}-{manifest['run_id']}.json"
     atomic_write_text(kept, manifest_json(manifest))
     try:
-        switch(store_dir, manifest)
+        switch(store_dir, manifest, based_on)
     except StoreError:
         kept.unlink(missing_ok=True)  # never served: not a rollback target
         raise
     return manifest
 
 
-def switch(store_dir: StoragePath, manifest: Mapping[str, Any]) -> int:
-    """The one atomic step that makes a run (or a rollback) visible: create the next switch record."""
+def switch(store_dir: StoragePath, manifest: Mapping[str, Any], based_on: Mapping[str, Any] | None) -> int:
+    """The one atomic step that makes a run (or a rollback) visible: create the record after the one `based_on`
+    was read from. If any writer switched since, that number exists and the create fails: no switch is lost."""
     records = switches(store_dir)
-    n = records[-1][0] + 1 if records else 0
+    n = int(based_on.get(SWITCH, -1)) + 1 if based_on is not None else 0
     path = store_dir / SERVING_DIR / f"{n:012d}.json"
     if not storage.put_if_absent(path, manifest_json(manifest).encode("utf-8")):
         raise StoreError(

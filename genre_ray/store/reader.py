@@ -103,7 +103,7 @@ class Store:
         target = manifests.rollback_target(self.dir, current, to)
         target["last_seq"] = manifests.last_seq(current)
         target["pinned"] = True
-        manifests.switch(self.dir, target)
+        manifests.switch(self.dir, target, based_on=current)
         self._tables = None
         log.info("rolled back from run %s to run %s", current["run_id"], target["run_id"])
         return target

@@ -377,7 +377,7 @@ def publish(
         "tables": tables,
         "stats": {"rows": sum(t["rows"] for t in tables.values()), "max_log_votes": math.log1p(votes)},
     }
-    _commit(store, manifest)
+    _commit(store, manifest, previous)
     maintenance.retain(store, cfg.store.keep_publishes, layout)
     return PublishResult(
         run_id=run_id,
@@ -393,8 +393,9 @@ def publish(
     )
 
 
-def _commit(store: Store, manifest: dict[str, Any]) -> None:
-    manifests.record(store.dir, manifest)
+def _commit(store: Store, manifest: dict[str, Any], previous: Mapping[str, Any] | None) -> None:
+    # switched only if no other writer switched since `previous` was read (the lease makes that the normal case)
+    manifests.record(store.dir, manifest, based_on=previous)
 
 
 def _write(
