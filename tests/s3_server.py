@@ -1,10 +1,14 @@
-"""A real S3-compatible server on loopback for the object-storage tests: moto's ThreadedMotoServer (moto[server]).
+"""A real S3-compatible server on loopback for the object-storage tests: moto's server (moto[server]).
 
 The credentials are fake but distinctive, so a test can search every artifact for them byte by byte.
 """
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -57,15 +61,30 @@ class S3Server:
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
+    """moto's server in its own process (not ThreadedMotoServer): the test process is also the Ray driver, and
+    serving every worker's S3 requests from a thread of it would slow the pipeline down for no reason."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        yield S3Server(f"http://{host}:{port}")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("moto server did not start") from None
+                time.sleep(0.1)
+        yield S3Server(f"http://127.0.0.1:{port}")
     finally:
-        server.stop()
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 @pytest.fixture
