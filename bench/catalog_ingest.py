@@ -77,7 +77,7 @@ def main() -> None:
             cfg.catalog.paths = [str(src)]
             for _ in range(2 if n == 0 else 1):
                 start = time.perf_counter()
-                r = ingest(cfg, RunLayout.of(cfg.workdir))
+                r = ingest(cfg, RunLayout.of(cfg.workdir, cfg.storage.options))
                 secs = time.perf_counter() - start
                 print(
                     f"{len(paths):>6} {r.rows_in:>9} {r.rows_ok:>9} {r.rows_rejected:>9} {secs:>8.2f} "

@@ -158,7 +158,7 @@ def main() -> None:
     for backend in backends:
         run_cfg = cfg.model_copy(deep=True, update={"workdir": str(workdir / f"run-{backend}")})
         run_cfg.encoder.cpu_backend = backend
-        layout = RunLayout.of(run_cfg.workdir)
+        layout = RunLayout.of(run_cfg.workdir, run_cfg.storage.options)
         layout.movies.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, layout.movies / "part-0.parquet")
         stats = embed_catalog(run_cfg, layout)

@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"| {r.night} | {r.stage} | {r.seconds:.1f} | {r.rows} | {rate} | {r.driver_peak_mib:.0f} "
                 f"| {r.peak_mib:.0f} | {r.store_peak_mib:.0f} | {r.note} |"
             )
-    print(f"\nrun record: {RunLayout.of(cfg.workdir).run_json}")
+    print(f"\nrun record: {RunLayout.of(cfg.workdir, cfg.storage.options).run_json}")
     load = os.getloadavg()[0]
     print(f"CPUs: {os.cpu_count()}, load average (1 min) at the end: {load:.1f}")
     titles = [int(x) for x in args.plan_titles.split(",")]

@@ -85,7 +85,7 @@ def _stage_cmd(stages: list[str]):
         # The end of the output is what a person reads: accounting, timings, where the record is, the sample.
         for line in _closing_lines(report):
             print(line)
-        print(f"run {report.run_id} {report.status}: {RunLayout.of(cfg.workdir).run_json}")
+        print(f"run {report.run_id} {report.status}: {RunLayout.of(cfg.workdir, cfg.storage.options).run_json}")
         if "publish" in report.outputs and getattr(args, "sample", True):
             _print_sample(cfg)
         return 0
@@ -116,7 +116,7 @@ def _closing_lines(report: Any) -> list[str]:
 def _print_sample(cfg: Config) -> None:
     from genre_ray.recommend import Recommender, format_results
 
-    rec = Recommender(cfg, RunLayout.of(cfg.workdir))
+    rec = Recommender(cfg, RunLayout.of(cfg.workdir, cfg.storage.options))
     try:
         results = rec.similar(SAMPLE_TITLE, k=5)
     except LookupError:
@@ -206,7 +206,7 @@ def _query_kwargs(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
 def _similar(cfg: Config, args: argparse.Namespace) -> int:
     from genre_ray.recommend import Recommender, format_results
 
-    rec = Recommender(cfg, RunLayout.of(cfg.workdir))
+    rec = Recommender(cfg, RunLayout.of(cfg.workdir, cfg.storage.options))
     print(format_results(rec.similar(args.title, **_query_kwargs(cfg, args))))
     return 0
 
@@ -222,7 +222,7 @@ def _for_user(cfg: Config, args: argparse.Namespace) -> int:
     if weights is not None and len(weights) != len(history):
         print(f"error: --weights has {len(weights)} values for {len(history)} --history ids", file=sys.stderr)
         return 2
-    rec = Recommender(cfg, RunLayout.of(cfg.workdir))
+    rec = Recommender(cfg, RunLayout.of(cfg.workdir, cfg.storage.options))
     print(format_results(rec.for_user(history, weights, **_query_kwargs(cfg, args))))
     return 0
 
@@ -231,7 +231,7 @@ def _rollback(cfg: Config, args: argparse.Namespace) -> int:
     from genre_ray.store import Store, StoreError, writer_lease
     from genre_ray.store.models import restore_model
 
-    layout = RunLayout.of(cfg.workdir)
+    layout = RunLayout.of(cfg.workdir, cfg.storage.options)
     store = Store(layout.store_dir)
     with writer_lease(store.dir, f"rollback-{args.to or 'previous'}", cfg.store.lease_timeout_s, args.break_lock):
         target = store.rollback(args.to)
@@ -250,7 +250,7 @@ def _store(cfg: Config, args: argparse.Namespace) -> int:
     from genre_ray.store import Store
     from genre_ray.store.maintenance import format_status, status
 
-    print(format_status(status(Store(RunLayout.of(cfg.workdir).store_dir))))
+    print(format_status(status(Store(RunLayout.of(cfg.workdir, cfg.storage.options).store_dir))))
     return 0
 
 
@@ -327,9 +327,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from genre_ray import storage
+
+    root = RunLayout.of(cfg.workdir, cfg.storage.options).root
+    log_file = None
     if args.command in STAGE_COMMANDS:
         # Ray's, Lance's and the libraries' chatter goes here; the terminal keeps progress and summaries.
-        log_file = RunLayout.of(cfg.workdir).root / "logs" / "genre-ray.log"
+        log_file = storage.local_log_file(root)
         configure_output(args.verbose, log_file)
         print(f"log: {log_file}" + ("" if args.verbose else " (Ray and library messages; --verbose shows them here)"))
     from genre_ray.catalog import CatalogError
@@ -342,6 +346,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return args.handler(cfg, args)
+    except storage.StorageError as err:
+        # a missing bucket, a denied permission: the message names the URI
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except LeaseError as err:
         # Another writer is on the store: nothing failed, so a status of its own that a scheduler can retry on.
         print(f"error: {err}", file=sys.stderr)
@@ -361,6 +369,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Problems with the input or the run's state, not bugs: a message, not a traceback.
         print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
         return 1
+    finally:
+        if log_file is not None:
+            storage.upload_log(log_file, root)  # an object-store workdir keeps its log beside run.json
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "data"
@@ -200,7 +200,22 @@ class RayConfig(Section):
     include_dashboard: bool = False
 
 
+class StorageConfig(Section):
+    # Object-store settings in Lance's `storage_options` vocabulary (aws_endpoint, aws_region, allow_http,
+    # aws_access_key_id, ...), applied to the workdir and to s3:// catalog inputs. Left empty, the standard AWS
+    # environment variables (or an instance role) are used. Credentials belong in the environment; any given here
+    # are redacted wherever the config is written out (run.json).
+    options: dict[str, str] = Field(default_factory=dict)
+
+    @field_serializer("options")
+    def _hide_secrets(self, options: dict[str, str]) -> dict[str, str]:
+        from genre_ray.storage.options import redacted
+
+        return redacted(options)
+
+
 class Config(Section):
+    # a local directory or an object-store URI (s3://bucket/prefix): see genre_ray.storage
     workdir: str = "runs/local"
     seed: int = 0
     catalog: CatalogConfig = Field(default_factory=CatalogConfig)
@@ -212,6 +227,7 @@ class Config(Section):
     recommend: RecommendConfig = Field(default_factory=RecommendConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
 
     @property
     def workdir_path(self) -> Path:

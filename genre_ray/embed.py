@@ -14,7 +14,6 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import lance
@@ -23,12 +22,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from genre_ray import schema
-from genre_ray.catalog import read_catalog
+from genre_ray import schema, storage
+from genre_ray.catalog import load_catalog, read_catalog
 from genre_ray.config import Config, EmbedConfig, EncoderConfig
 from genre_ray.encoder import EncodeStats, TextEncoder, encoder_dim, encoder_id_for
 from genre_ray.layout import RunLayout
 from genre_ray.runtime import init_ray
+from genre_ray.storage import StoragePath
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,12 @@ INPUT_COLUMNS = ["movie_id", "document", "content_hash"]
 MAX_THREADS_PER_ACTOR = 8
 
 
-def embeddings_uri(layout: RunLayout) -> Path:
+def embeddings_uri(layout: RunLayout) -> StoragePath:
     return layout.embeddings_dir / "embeddings.lance"
+
+
+def open_embeddings(uri: StoragePath) -> lance.LanceDataset:
+    return lance.dataset(str(uri), storage_options=storage.lance_options(uri))
 
 
 # ----------------------------------------------------------------------------------------------- actor planning
@@ -253,9 +257,9 @@ def _sql_in(column: str, values: pa.Array) -> str:
     return f"{column} IN ({quoted})"
 
 
-def _stored(uri: Path) -> lance.LanceDataset | None:
+def _stored(uri: StoragePath) -> lance.LanceDataset | None:
     try:
-        return lance.dataset(str(uri))
+        return open_embeddings(uri)
     except (FileNotFoundError, ValueError):
         return None
 
@@ -292,23 +296,31 @@ def embed_catalog(cfg: Config, layout: RunLayout) -> EmbedStats:
     if n_embed:
         plan = full_plan.limited_to(math.ceil(n_embed / cfg.embed.sort_window))
         meter = EmbedMeter.remote()
-        docs = ray.data.read_parquet(str(layout.movies), columns=INPUT_COLUMNS)
+        docs = load_catalog(layout, INPUT_COLUMNS)
         if not full:
             docs = docs.map_batches(_keep_ids, fn_kwargs={"ids": diff.to_embed}, batch_format="pyarrow")
         vectors = embed_dataset(docs, cfg.encoder, cfg.embed, plan, meter)
         if full:
-            lance_ray.write_lance(vectors, str(uri), schema=out_schema, mode="overwrite" if stored else "create")
+            lance_ray.write_lance(
+                vectors,
+                str(uri),
+                schema=out_schema,
+                mode="overwrite" if stored else "create",
+                storage_options=storage.lance_options(uri),
+            )
         else:
             assert stored is not None
             _upsert(stored, vectors, out_schema, diff.removed)
         totals = ray.get(meter.totals.remote())
         ray.kill(meter)
     elif full:  # an empty catalog: still leave a typed, readable (empty) embeddings dataset
-        lance.write_dataset(out_schema.empty_table(), str(uri), mode="overwrite")
+        lance.write_dataset(
+            out_schema.empty_table(), str(uri), mode="overwrite", storage_options=storage.lance_options(uri)
+        )
     else:
         assert stored is not None
         stored.delete(_sql_in("movie_id", diff.removed))
-    version = lance.dataset(str(uri)).version
+    version = open_embeddings(uri).version
     stats = _stats(start, diff, n_embed, n_removed, plan, totals, "full" if full else "incremental", version, enc_id)
     log.info("%s", stats.summary())
     return stats
@@ -365,9 +377,10 @@ def _stats(
 
 def read_embeddings(layout: RunLayout) -> pa.Table:
     """The current embeddings as one Arrow table (schema.embeddings_schema(d))."""
-    return lance.dataset(str(embeddings_uri(layout))).to_table()
+    return open_embeddings(embeddings_uri(layout)).to_table()
 
 
 def load_embeddings(layout: RunLayout) -> ray.data.Dataset:
     """The current embeddings as a Ray Dataset, read in parallel (what train / spectrum / evaluate consume)."""
-    return lance_ray.read_lance(str(embeddings_uri(layout)))
+    uri = embeddings_uri(layout)
+    return lance_ray.read_lance(str(uri), storage_options=storage.lance_options(uri))

@@ -2,83 +2,77 @@
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """`write` fills a temp file beside `path`, which then replaces it: a reader sees the old file or the new one,
-    never half of one, even if the writer is killed mid-way."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+from genre_ray import storage
+from genre_ray.storage import StoragePath
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write(path: StoragePath, write: Callable[[Path], object]) -> None:
+    """`write` fills a local temp file, which then replaces `path`: a reader sees the old file or the new one,
+    never half of one, even if the writer is killed mid-way (storage.atomic_write: rename, or one PUT)."""
+    storage.atomic_write(path, write)
+
+
+def atomic_write_text(path: StoragePath, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 @dataclass(frozen=True)
 class RunLayout:
-    root: Path
+    # a local Path, or an ObjectPath for an s3:// (gs://, az://) workdir: both offer the pathlib slice used here
+    root: StoragePath
 
     @classmethod
-    def of(cls, workdir: str | Path) -> RunLayout:
-        return cls(Path(workdir).resolve())
+    def of(cls, workdir: str | StoragePath, options: Mapping[str, str] | None = None) -> RunLayout:
+        """`options`: the config's `storage.options` (object-store settings); local paths ignore them."""
+        return cls(storage.location(workdir, options))
 
     @property
-    def catalog_dir(self) -> Path:
+    def catalog_dir(self) -> StoragePath:
         return self.root / "catalog"
 
     @property
-    def movies(self) -> Path:
+    def movies(self) -> StoragePath:
         """The normalised catalog: a Parquet dataset directory (one or more files), schema.CATALOG."""
         return self.catalog_dir / "movies"
 
     @property
-    def rejects(self) -> Path:
+    def rejects(self) -> StoragePath:
         return self.catalog_dir / "rejects.parquet"
 
     @property
-    def field_warnings(self) -> Path:
+    def field_warnings(self) -> StoragePath:
         """Kept rows whose optional fields did not parse: one row per (source row, field), schema.WARNINGS."""
         return self.catalog_dir / "warnings.parquet"
 
     @property
-    def accounting(self) -> Path:
+    def accounting(self) -> StoragePath:
         return self.catalog_dir / "accounting.json"
 
     @property
-    def embeddings_dir(self) -> Path:
+    def embeddings_dir(self) -> StoragePath:
         return self.root / "embeddings"
 
     @property
-    def checkpoints_dir(self) -> Path:
+    def checkpoints_dir(self) -> StoragePath:
         return self.root / "checkpoints"
 
     @property
-    def model_dir(self) -> Path:
+    def model_dir(self) -> StoragePath:
         """The published classifier: weights (safetensors) + vocabulary + config, see model.py."""
         return self.root / "model"
 
     @property
-    def store_dir(self) -> Path:
+    def store_dir(self) -> StoragePath:
         return self.root / "store"
 
     @property
-    def reports_dir(self) -> Path:
+    def reports_dir(self) -> StoragePath:
         return self.root / "reports"
 
     @property
-    def run_json(self) -> Path:
+    def run_json(self) -> StoragePath:
         return self.root / "run.json"

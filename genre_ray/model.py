@@ -8,14 +8,15 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 from torch import nn
 
+from genre_ray import storage
 from genre_ray.layout import atomic_write, atomic_write_text
+from genre_ray.storage import StoragePath
 
 # the weights file of models saved before weights were named by version
 WEIGHTS = "model.safetensors"
@@ -92,9 +93,9 @@ class ModelError(RuntimeError):
     """A model directory that cannot be served: missing, torn by a crash, or weights that do not match."""
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: StoragePath) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -104,7 +105,7 @@ def save_classifier(
     model: nn.Module,
     spec: ClassifierSpec,
     vocab: list[str],
-    out_dir: str | Path,
+    out_dir: str | StoragePath,
     threshold: float = DEFAULT_THRESHOLD,
     split: dict[str, Any] | None = None,
 ) -> str:
@@ -115,7 +116,7 @@ def save_classifier(
     at that file with its sha256; only then are older weight files removed. A crash at any point leaves a model.json
     that names complete weights: the old model or the new one, never new weights under the old version.
     """
-    out = Path(out_dir)
+    out = storage.location(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = _state_dict(model)
     version = weights_version(state)
@@ -135,14 +136,14 @@ def save_classifier(
     return version
 
 
-def _remove_unreferenced_weights(out: Path, keep: str) -> None:
+def _remove_unreferenced_weights(out: StoragePath, keep: str) -> None:
     for old in out.glob("model*.safetensors"):
         if old.name != keep:
             old.unlink(missing_ok=True)
 
 
-def read_meta(model_dir: str | Path) -> dict[str, Any]:
-    path = Path(model_dir) / META
+def read_meta(model_dir: str | StoragePath) -> dict[str, Any]:
+    path = storage.location(model_dir) / META
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -151,22 +152,23 @@ def read_meta(model_dir: str | Path) -> dict[str, Any]:
         raise ModelError(f"{path}: not valid JSON ({err}); re-run the train stage") from None
 
 
-def load_classifier(model_dir: str | Path, device: str = "cpu") -> LoadedClassifier:
-    path = Path(model_dir)
+def load_classifier(model_dir: str | StoragePath, device: str = "cpu") -> LoadedClassifier:
+    path = storage.location(model_dir)
     meta = read_meta(path)
     weights = path / meta.get("weights", WEIGHTS)
     if not weights.exists():
         raise ModelError(f"{path / META} names weights {weights.name}, which are missing; re-run the train stage")
     expected = meta.get("weights_sha256")
     # model.json files written before the hash was recorded are loaded unchecked
-    if expected is not None and file_sha256(weights) != expected:
+    data = weights.read_bytes()  # one read serves the hash check and the load (one GET on object storage)
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
         raise ModelError(
             f"{weights}: sha256 does not match {path / META} (model_version {meta['model_version']}); the model "
             "directory is torn or was edited: re-run the train stage"
         )
     spec = ClassifierSpec(**meta["spec"])
     model = GenreClassifier(spec)
-    model.load_state_dict(load_file(str(weights), device=device))
+    model.load_state_dict(load(data))
     model.to(device).eval()
     return LoadedClassifier(
         model=model,
@@ -178,9 +180,9 @@ def load_classifier(model_dir: str | Path, device: str = "cpu") -> LoadedClassif
     )
 
 
-def copy_classifier(src: str | Path, dst: str | Path) -> str:
+def copy_classifier(src: str | StoragePath, dst: str | StoragePath) -> str:
     """Copy a saved model directory in the same crash-safe order as save_classifier; returns its version."""
-    src, dst = Path(src), Path(dst)
+    src, dst = storage.location(src), storage.location(dst)
     meta = read_meta(src)
     weights = meta.get("weights", WEIGHTS)
     data = (src / weights).read_bytes()

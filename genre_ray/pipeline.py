@@ -150,11 +150,15 @@ def run_stages(
     store.LeaseError, before it touches even run.json). `promote`: publish model/ even if a rollback pinned the
     store's model; a run that trains a model promotes it anyway.
     """
-    layout = RunLayout.of(cfg.workdir)
+    layout = RunLayout.of(cfg.workdir, cfg.storage.options)
     run_id = run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     plan = expand(stages)
     if not MUTATING & {s.rstrip("?") for s in plan}:
         return _run_plan(cfg, layout, run_id, plan, echo, promote)
+    from genre_ray import storage
+
+    # a missing bucket or a denied permission stops the run here, naming the URI, before anything is written
+    storage.check_access(layout.root)
     from genre_ray.store import writer_lease
 
     with writer_lease(layout.store_dir, run_id, cfg.store.lease_timeout_s, break_lock):

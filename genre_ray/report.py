@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +17,7 @@ from sklearn.decomposition import PCA
 
 if TYPE_CHECKING:
     from genre_ray.evaluate import Catalog
+    from genre_ray.storage import StoragePath
 
 TRAINING_PNG = "training_curves.png"
 MAP_PNG = "spectrum_map.png"
@@ -203,11 +206,19 @@ def render_markdown(metrics: dict[str, Any], has_curves: bool) -> str:
     return "\n".join(lines)
 
 
-def write_report(metrics: dict[str, Any], catalog: Catalog, history: list[dict[str, Any]], out_dir: Path) -> Path:
+def write_report(
+    metrics: dict[str, Any], catalog: Catalog, history: list[dict[str, Any]], out_dir: StoragePath
+) -> StoragePath:
+    """report.md and its plots in out_dir (a local directory or an object-store prefix: each file in one step)."""
+    from genre_ray.layout import atomic_write, atomic_write_text
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    has_curves = plot_training_curves(history, out_dir / TRAINING_PNG)
-    plot_spectrum_map(catalog, out_dir / MAP_PNG, metrics["seed"])
-    plot_hr_bars(metrics["recommendation"]["methods"], metrics["k"], out_dir / HR_PNG)
+    with tempfile.TemporaryDirectory(prefix="genre-ray-report-") as d:
+        has_curves = plot_training_curves(history, Path(d) / TRAINING_PNG)
+        plot_spectrum_map(catalog, Path(d) / MAP_PNG, metrics["seed"])
+        plot_hr_bars(metrics["recommendation"]["methods"], metrics["k"], Path(d) / HR_PNG)
+        for png in sorted(Path(d).glob("*.png")):
+            atomic_write(out_dir / png.name, lambda tmp, png=png: shutil.copyfile(png, tmp))
     path = out_dir / "report.md"
-    path.write_text(render_markdown(metrics, has_curves))
+    atomic_write_text(path, render_markdown(metrics, has_curves))
     return path

@@ -10,7 +10,6 @@ hash-shuffle join of both sides.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +20,7 @@ import torch
 
 from genre_ray import schema
 from genre_ray.model import load_classifier
+from genre_ray.storage import StoragePath
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,11 @@ class SpectrumMapper:
     """Ray Data callable class: one checkpoint load per actor, then embeddings -> served rows per batch."""
 
     def __init__(
-        self, model_dir: str, metadata_ref: list[ray.ObjectRef], torch_threads: int = 1, node_log: Any | None = None
+        self,
+        model_dir: StoragePath,
+        metadata_ref: list[ray.ObjectRef],
+        torch_threads: int = 1,
+        node_log: Any | None = None,
     ):
         # The ref arrives wrapped in a list so Ray does not resolve it at submission time on the driver.
         torch.set_num_threads(max(1, torch_threads))
@@ -84,7 +88,7 @@ def _served(meta: pa.Table, vectors: np.ndarray, probs: np.ndarray, model_versio
 def compute_spectrum(
     embeddings: ray.data.Dataset,
     metadata: pa.Table,
-    model_dir: str | Path,
+    model_dir: StoragePath,
     *,
     batch_size: int = 1024,
     concurrency: int = 1,
@@ -99,7 +103,8 @@ def compute_spectrum(
     return embeddings.select_columns(["movie_id", "content_hash", "embedding"]).map_batches(
         SpectrumMapper,
         fn_constructor_kwargs={
-            "model_dir": str(model_dir),
+            # the path itself, not its string: an object-store path carries its storage settings to the actors
+            "model_dir": model_dir,
             "metadata_ref": [ref],
             "torch_threads": 1,
             "node_log": node_log,

@@ -54,10 +54,11 @@ def execute(args: argparse.Namespace, stages: Sequence[str]) -> int:
     except RayConnectError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    layout = RunLayout.of(cfg.workdir)
+    layout = RunLayout.of(cfg.workdir, cfg.storage.options)
     log.info("stages %s, workdir %s", list(stages), layout.root)
     from genre_ray.catalog import CatalogError
     from genre_ray.errors import PreconditionError
+    from genre_ray.storage import StorageError
     from genre_ray.store import LeaseError
 
     try:
@@ -68,8 +69,8 @@ def execute(args: argparse.Namespace, stages: Sequence[str]) -> int:
         # Another writer is on the store: not a failed run, and a distinct status for schedulers to retry on.
         log.error("%s", err)
         return LEASE_HELD
-    except (CatalogError, PreconditionError) as err:
-        # Unusable input (e.g. a catalog with too many rejects), not a bug: the message says what to fix.
+    except (CatalogError, PreconditionError, StorageError) as err:
+        # Unusable input (a catalog with too many rejects, a missing bucket), not a bug: the message says what to fix.
         print(f"error: {err}", file=sys.stderr)
         return 1
     finally:

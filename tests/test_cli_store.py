@@ -18,6 +18,7 @@ from factories import catalog_rows
 
 from genre_ray.model import read_meta
 from genre_ray.store import Store
+from genre_ray.store.lease import read_lease
 
 REPO = Path(__file__).resolve().parents[1]
 FIELDS = ("movie_id", "title", "genres", "language", "year", "overview", "votes", "popularity")
@@ -103,4 +104,4 @@ def test_two_nightlies_at_once_one_publishes_the_other_gets_the_lease_message(ba
     assert served_ids(work) == sorted(ids)  # every movie exactly once
     history = Store(work / "store").history()
     assert [m["seq"] for m in history] == [0, 1]
-    assert not (work / "store" / "writer.lease").exists()
+    assert read_lease(work / "store") is None

@@ -16,6 +16,8 @@ import yaml
 
 from genre_ray.cli import parse_overrides
 from genre_ray.config import Config, ConfigError, load_config
+from genre_ray.layout import RunLayout
+from genre_ray.storage import ObjectPath
 
 REPO = Path(__file__).resolve().parent.parent
 RAY_SCHEMA = Path(ray.__file__).parent / "autoscaler" / "ray-schema.json"
@@ -70,8 +72,10 @@ def test_cluster_config_loads_into_config() -> None:
     cfg = load_config(REPO / "configs" / "cluster.yaml")
     assert isinstance(cfg, Config)
     assert cfg.embed.use_gpu == "yes" and cfg.train.use_gpu == "yes"
-    # Every node must see the workdir: it lives on the shared mount cluster.yaml and the RayJob provide.
-    assert cfg.workdir.startswith("/mnt/shared/")
+    # Every node must reach the workdir: a bucket by default (the shared mount cluster.yaml and the RayJob describe
+    # is the alternative), never a node-local path
+    assert cfg.workdir.startswith("s3://")
+    assert isinstance(RunLayout.of(cfg.workdir, cfg.storage.options).root, ObjectPath)
     for path in cfg.catalog.paths:
         if "://" not in path:
             assert (REPO / path).exists(), f"catalog path {path} is not in the uploaded working dir"

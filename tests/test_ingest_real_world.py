@@ -167,7 +167,7 @@ def test_unusable_catalog_fails_the_run_and_leaves_the_published_store_unchanged
     catalog = catalog_table(40)
     cfg, layout = make_run(tmp_path, catalog)
     publish(cfg, layout, run_id="r1", embeddings=embeddings_for(catalog))
-    manifest = (layout.store_dir / "manifest.json").read_bytes()
+    manifest = Store(layout.store_dir).manifest()
     before = ids_in(Store(layout.store_dir))
     src = DATA / "strict_dates.jsonl"
     sets = {
@@ -194,7 +194,7 @@ def test_unusable_catalog_fails_the_run_and_leaves_the_published_store_unchanged
     assert accounting["rows_rejected"] == 4 and accounting["error"].startswith("catalog: 0 of 4 rows usable")
 
     # Readers see exactly the previous publish; the catalog the store came from is still in place.
-    assert (layout.store_dir / "manifest.json").read_bytes() == manifest
+    assert Store(layout.store_dir).manifest() == manifest
     assert ids_in(Store(layout.store_dir)) == before
     assert read_catalog(layout).num_rows == 40
     assert Recommender(cfg, layout).similar("Movie 3", k=3)

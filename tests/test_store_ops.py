@@ -27,8 +27,9 @@ from genre_ray.model import (
     read_meta,
     save_classifier,
 )
+from genre_ray.storage import put_if_absent
 from genre_ray.store import LeaseError, Store, StoreError, publish
-from genre_ray.store.lease import LEASE, acquire, read_lease, release, writer_lease
+from genre_ray.store.lease import LEASE_DIR, acquire, read_lease, release, writer_lease
 from genre_ray.store.maintenance import format_status, status
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,12 +51,15 @@ def test_second_writer_fails_at_once_with_the_holder_named(tmp_path):
 def test_lease_released_when_the_run_fails(tmp_path):
     with pytest.raises(RuntimeError, match="boom"), writer_lease(tmp_path, "r1", timeout_s=3600):
         raise RuntimeError("boom")
-    assert not (tmp_path / LEASE).exists()
+    assert read_lease(tmp_path) is None
 
 
 def _plant(store_dir: Path, **fields: object) -> None:
+    """A lease record as another writer would have left it: the next number, created like acquire does."""
     holder = {"run_id": "old", "host": socket.gethostname(), "pid": os.getpid(), "started_at": _now()} | fields
-    (store_dir / LEASE).write_text(json.dumps(holder))
+    numbers = sorted(int(f.stem) for f in (store_dir / LEASE_DIR).glob("*.json"))
+    n = numbers[-1] + 1 if numbers else 0
+    assert put_if_absent(store_dir / LEASE_DIR / f"{n:012d}.json", json.dumps(holder).encode())
 
 
 def _now(delta_s: float = 0) -> str:
@@ -64,7 +68,7 @@ def _now(delta_s: float = 0) -> str:
 
 def test_stale_leases_are_taken_over_and_live_ones_only_broken_on_request(tmp_path):
     _plant(tmp_path, started_at=_now(-7200))  # older than the timeout
-    assert acquire(tmp_path, "r2", timeout_s=3600)["run_id"] == "r2"
+    release(tmp_path, acquire(tmp_path, "r2", timeout_s=3600))
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     _plant(tmp_path, pid=int(dead.stdout))  # fresh, but its process on this host is gone

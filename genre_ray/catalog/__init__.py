@@ -9,6 +9,7 @@ from genre_ray.catalog.sources import CatalogError
 from genre_ray.catalog.stage import (
     CatalogUnusable,
     IngestResult,
+    catalog_source,
     ingest,
     load_catalog,
     read_catalog,
@@ -21,6 +22,7 @@ __all__ = [
     "CatalogError",
     "CatalogUnusable",
     "IngestResult",
+    "catalog_source",
     "ingest",
     "load_catalog",
     "movielens_movie_id",

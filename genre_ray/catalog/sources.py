@@ -34,6 +34,7 @@ from typing import Any, Literal
 import fsspec
 import ijson
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 Format = Literal["csv", "parquet", "jsonl"]
 
@@ -228,7 +229,7 @@ def expand_paths(paths: Sequence[str], fmt: Format | Literal["auto"] = "auto") -
             fs, root = fsspec.core.url_to_fs(given)
         except (ImportError, ValueError) as err:
             raise CatalogError(f"{given}: cannot open this location: {err}") from None
-        local = isinstance(fs, fsspec.implementations.local.LocalFileSystem)
+        local = isinstance(fs, LocalFileSystem)
 
         def shown(p: str, fs: fsspec.AbstractFileSystem = fs, local: bool = local) -> str:
             return p if local else fs.unstrip_protocol(p)

@@ -9,9 +9,10 @@ Shape, chosen so it scales with the number of files and stays cheap for one smal
 3. The blocks become a Ray Dataset. Duplicate ids are found from two narrow columns (movie_id, order key): on
    the driver up to DRIVER_DEDUP_MAX_ROWS rows, by a Ray groupby above, so no shuffle ever carries documents.
    The first row by (file order, row) is kept; the others become rejects naming it.
-4. The catalog is written as a Parquet dataset into a temporary directory that then replaces `layout.movies`,
-   so a crashed re-run never leaves half a catalog behind. Rejects, field warnings (one Parquet file each) and
-   accounting follow.
+4. The catalog is written as a Parquet dataset into a new generation directory under `layout.movies`, which a
+   pointer object (`_current.json`, written in one step: a rename locally, one PUT on object storage) then makes
+   current, so a crashed re-run never leaves half a catalog behind, on a filesystem or a bucket alike. Rejects,
+   field warnings (one Parquet file each) and accounting follow.
 
 Every input record is counted once: rows_in = rows_ok + rows_rejected, per file and in total. Only an unusable id
 or title rejects a row (CSV/JSON that cannot be read at all, and duplicate ids, too); an optional field that does
@@ -24,13 +25,12 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -42,7 +42,7 @@ import ray.data
 from ray.data.aggregate import Count, Min
 from ray.data.context import ShuffleStrategy
 
-from genre_ray import schema
+from genre_ray import schema, storage
 from genre_ray.catalog.adapters import BUILTIN, Adapter, FieldWarning, Limits, RowError, detect, mapped
 from genre_ray.catalog.sources import (
     CatalogError,
@@ -59,6 +59,7 @@ from genre_ray.catalog.sources import (
 from genre_ray.config import CatalogConfig, Config, TextConfig
 from genre_ray.layout import RunLayout, atomic_write, atomic_write_text
 from genre_ray.runtime import init_ray
+from genre_ray.storage import StoragePath, inputs
 from genre_ray.text import DocumentBuilder, content_hash, encoder_id
 
 log = logging.getLogger(__name__)
@@ -319,25 +320,27 @@ def finish_report(report: FileReport) -> FileReport:
 
 
 @ray.remote(max_retries=2)
-def _count_lines_task(path: str, start: int, stop: int) -> int:
+def _count_lines_task(path: str, start: int, stop: int, storage_options: dict[str, str]) -> int:
+    inputs.use_options(storage_options)
     return count_lines(path, start, stop)
 
 
-def _count_on_ray(path: str, ranges: list[tuple[int, int]]) -> list[int]:
-    return ray.get([_count_lines_task.remote(path, a, b) for a, b in ranges])
-
-
-def split_source(src: SourceFile, cfg: CatalogConfig) -> list[SourceFile]:
+def split_source(src: SourceFile, cfg: CatalogConfig, storage_options: dict[str, str]) -> list[SourceFile]:
     """A file as the parts its tasks read: row-group runs of a big Parquet file, byte ranges of a big text file."""
     if src.format == "parquet":
         return split_parquet(src, cfg.parquet_rows_per_task)
-    return split_text(src, cfg.bytes_per_task, count=_count_on_ray)
+
+    def count_on_ray(path: str, ranges: list[tuple[int, int]]) -> list[int]:
+        return ray.get([_count_lines_task.remote(path, a, b, storage_options) for a, b in ranges])
+
+    return split_text(src, cfg.bytes_per_task, count=count_on_ray)
 
 
 @ray.remote(num_returns=5, max_retries=2)
 def _parse_file_task(
-    src: SourceFile, cfg: CatalogConfig, text_cfg: TextConfig, enc_id: str
+    src: SourceFile, cfg: CatalogConfig, text_cfg: TextConfig, enc_id: str, storage_options: dict[str, str]
 ) -> tuple[pa.Table, pa.Table, pa.Table, pa.Table, FileReport]:
+    inputs.use_options(storage_options)  # s3:// inputs, read with the run's storage settings in this worker too
     ok, rejects, warnings, report = parse_file(src, cfg, text_cfg, enc_id)
     # The narrow id columns as their own object: the driver-side dedup fetches these, never the documents.
     return ok, ok.select(["movie_id", _ORDER]), rejects, warnings, report
@@ -434,18 +437,10 @@ def _deduplicate(
     return kept, _duplicate_rejects(losers, keepers, files, id_columns)
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    # Two renames on one filesystem: readers see the old catalog or the new one, never a half-written one.
-    old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def ingest(cfg: Config, layout: RunLayout) -> IngestResult:
     """Read every catalog file, write the normalised catalog, rejects and accounting under `layout`."""
     started = time.perf_counter()
+    inputs.use_options(cfg.storage.options)
     files, warnings = expand_paths(cfg.catalog.paths, cfg.catalog.format)
     if cfg.catalog.adapter == "mapped":
         mapped(cfg.catalog.columns, cfg.catalog.genre_separator)  # a bad mapping is a config error: fail before Ray
@@ -453,8 +448,8 @@ def ingest(cfg: Config, layout: RunLayout) -> IngestResult:
     enc_id = encoder_id(cfg.encoder.model, cfg.encoder.max_length, cfg.encoder.pooling, cfg.encoder.normalize)
     init_ray(cfg.ray)
 
-    parts = [part for src in files for part in split_source(src, cfg.catalog)]
-    calls = [_parse_file_task.remote(src, cfg.catalog, cfg.text, enc_id) for src in parts]
+    parts = [part for src in files for part in split_source(src, cfg.catalog, cfg.storage.options)]
+    calls = [_parse_file_task.remote(src, cfg.catalog, cfg.text, enc_id, cfg.storage.options) for src in parts]
     parts, calls = _reread_crossed(parts, calls, cfg, enc_id)
     reports = _merge_parts(ray.get([c[4] for c in calls]))
     for rep in reports:
@@ -516,7 +511,7 @@ def _reread_crossed(
             log.info("%s: a quoted field spans a task boundary; reading the file in one task", src.path)
             whole = replace(src, byte_range=None, first_row=0)
             kept_parts.append(whole)
-            kept_calls.append(_parse_file_task.remote(whole, cfg.catalog, cfg.text, enc_id))
+            kept_calls.append(_parse_file_task.remote(whole, cfg.catalog, cfg.text, enc_id, cfg.storage.options))
     return kept_parts, kept_calls
 
 
@@ -544,13 +539,27 @@ def _merge_parts(parts: list[FileReport]) -> list[FileReport]:
     return [finish_report(rep) for rep in merged.values()]
 
 
+# The pointer to the current catalog generation under layout.movies. Object stores cannot rename a directory, so a
+# new catalog is written beside the old one and this one small object switches readers to it.
+CURRENT = "_current.json"
+
+
 def _write_movies(kept: ray.data.Dataset, layout: RunLayout) -> None:
-    tmp = layout.catalog_dir / f".movies.tmp-{uuid.uuid4().hex[:8]}"
-    kept.drop_columns([_ORDER]).write_parquet(str(tmp))
-    if not any(tmp.glob("*.parquet")):  # no rows at all: still leave a readable, typed catalog
-        tmp.mkdir(parents=True, exist_ok=True)
-        pq.write_table(schema.CATALOG.empty_table(), tmp / "part-0.parquet")
-    _replace_dir(tmp, layout.movies)
+    generation = datetime.now(UTC).strftime("g-%Y%m%dT%H%M%S") + f"-{uuid.uuid4().hex[:8]}"
+    target = layout.movies / generation
+    fs, path = storage.arrow_fs(target)
+    kept.drop_columns([_ORDER]).write_parquet(path, filesystem=fs)
+    if not any(target.glob("*.parquet")):  # no rows at all: still leave a readable, typed catalog
+        atomic_write(target / "part-0.parquet", lambda p: pq.write_table(schema.CATALOG.empty_table(), p))
+    atomic_write_text(layout.movies / CURRENT, json.dumps({"generation": generation}) + "\n")
+    # Only now are older generations (and a catalog written before generations existed) garbage.
+    for old in layout.movies.glob("*"):
+        if old.name in (generation, CURRENT):
+            continue
+        if old.is_dir():
+            storage.remove_tree(old)
+        else:
+            old.unlink(missing_ok=True)
 
 
 def _account(reports: list[FileReport], warnings: list[str], seconds: float) -> IngestResult:
@@ -582,27 +591,48 @@ def _account(reports: list[FileReport], warnings: list[str], seconds: float) -> 
     )
 
 
+def catalog_files(layout: RunLayout) -> list[StoragePath]:
+    """The Parquet files of the current catalog generation, in order (a catalog written before generations
+    existed, or by a test, is files directly in layout.movies)."""
+    pointer = layout.movies / CURRENT
+    current = layout.movies / json.loads(pointer.read_text())["generation"] if pointer.exists() else layout.movies
+    files = sorted(current.glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{layout.movies}: no catalog here; run the ingest stage first")
+    return files
+
+
+def catalog_source(layout: RunLayout) -> tuple[Any, list[str]]:
+    """(filesystem, paths) of the current catalog files for pyarrow and Ray Data readers (filesystem None: local)."""
+    files = catalog_files(layout)
+    return storage.arrow_fs(files[0])[0], [storage.arrow_fs(f)[1] for f in files]
+
+
 def read_catalog(layout: RunLayout, columns: Sequence[str] | None = None) -> pa.Table:
     """The normalised catalog as written, in file and row order (for small consumers; big ones: load_catalog).
 
     Pass `columns` when the documents are not needed: they are most of the catalog's bytes.
     """
-    files = sorted(layout.movies.glob("*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"{layout.movies}: no catalog here; run the ingest stage first")
-    dataset = pads.dataset([str(f) for f in files], format="parquet", schema=schema.CATALOG)
+    fs, paths = catalog_source(layout)
+    dataset = pads.dataset(paths, format="parquet", schema=schema.CATALOG, filesystem=fs)
     return dataset.to_table(columns=list(columns) if columns is not None else None)
 
 
-def load_catalog(layout: RunLayout) -> ray.data.Dataset:
-    if not any(layout.movies.glob("*.parquet")):
-        raise FileNotFoundError(f"{layout.movies}: no catalog here; run the ingest stage first")
-    return ray.data.read_parquet(str(layout.movies), schema=schema.CATALOG)
+def load_catalog(layout: RunLayout, columns: Sequence[str] | None = None) -> ray.data.Dataset:
+    fs, paths = catalog_source(layout)
+    if columns is not None:
+        return ray.data.read_parquet(paths, columns=list(columns), filesystem=fs)
+    return ray.data.read_parquet(paths, schema=schema.CATALOG, filesystem=fs)
+
+
+def _read_table(path: StoragePath) -> pa.Table:
+    fs, p = storage.arrow_fs(path)
+    return pq.read_table(p, filesystem=fs)
 
 
 def read_rejects(layout: RunLayout) -> pa.Table:
-    return pq.read_table(layout.rejects)
+    return _read_table(layout.rejects)
 
 
 def read_field_warnings(layout: RunLayout) -> pa.Table:
-    return pq.read_table(layout.field_warnings)
+    return _read_table(layout.field_warnings)

@@ -1,10 +1,17 @@
-"""The writer lease: at most one process mutates a store at a time.
+"""The writer lease: at most one process mutates a store at a time, on a local filesystem or an object store.
 
 Two publishes that interleave undo each other (each starts by restoring the tables to the manifest's versions) and
-concurrent Lance `merge_insert` can duplicate rows, so every mutating command holds this lease. It is a small JSON
-object created with O_CREAT | O_EXCL (atomic on a local or POSIX-shared filesystem: exactly one creator wins),
-holding who took it and when. A lease older than `store.lease_timeout_s`, or left by a dead process on this host,
-is stale and taken over with a warning; `--break-lock` removes any lease first.
+concurrent Lance `merge_insert` can duplicate rows, so every mutating command holds this lease.
+
+Protocol (only create-if-absent writes, so it holds on object stores, which have neither rename nor O_EXCL):
+- a lease is a numbered record `lease/<n>.json` (run id, host, pid, start time); the holder is the writer of the
+  highest-numbered record, unless `lease/<n>.released` exists next to it;
+- to acquire, a writer reads the highest record: if it is released, stale (older than `store.lease_timeout_s`, or
+  left by a dead process on this host) or absent, it creates record n+1 with `storage.put_if_absent`. Of any
+  writers racing for n+1 exactly one create succeeds; the others read the winner and fail with its name;
+- after creating, the writer checks that its record is still the highest (old records are pruned, so a writer
+  that waited long enough could recreate a pruned number: it would not be the highest, and backs off);
+- release creates `lease/<n>.released`; `--break-lock` creates it for whatever record is current, first.
 """
 
 from __future__ import annotations
@@ -16,14 +23,17 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
+from genre_ray import storage
+from genre_ray.storage import StoragePath
 from genre_ray.store.errors import LeaseError
 
 log = logging.getLogger(__name__)
 
-LEASE = "writer.lease"
+LEASE_DIR = "lease"
+# lease records kept below the current one (diagnosis of recent writers); older ones are pruned
+KEEP_RECORDS = 8
 
 
 def _pid_alive(pid: int) -> bool:
@@ -36,20 +46,35 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def read_lease(store_dir: Path) -> dict[str, Any] | None:
+def _record(store_dir: StoragePath, n: int, suffix: str = ".json") -> StoragePath:
+    return store_dir / LEASE_DIR / f"{n:012d}{suffix}"
+
+
+def _numbers(store_dir: StoragePath) -> list[int]:
+    return sorted(int(f.name[:-5]) for f in (store_dir / LEASE_DIR).glob("*.json") if f.name[:-5].isdigit())
+
+
+def _current(store_dir: StoragePath) -> tuple[int | None, dict[str, Any] | None]:
+    """(number, holder) of the highest lease record; holder None when it is released (or there is none)."""
+    numbers = _numbers(store_dir)
+    if not numbers:
+        return None, None
+    n = numbers[-1]
+    if _record(store_dir, n, ".released").exists():
+        return n, None
     try:
-        return json.loads((store_dir / LEASE).read_text(encoding="utf-8"))
+        return n, json.loads(_record(store_dir, n).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return None
-    except json.JSONDecodeError:
-        # a writer killed between create and write: an empty lease, no owner to wait for
-        return {}
+        return n, None
+
+
+def read_lease(store_dir: StoragePath) -> dict[str, Any] | None:
+    """Who holds the store now (None: nobody)."""
+    return _current(store_dir)[1]
 
 
 def _stale(holder: dict[str, Any], timeout_s: float) -> str | None:
     """Why the lease no longer protects anything, or None while its holder may still be writing."""
-    if not holder:
-        return "empty lease file"
     started = datetime.fromisoformat(holder["started_at"])
     age = (datetime.now(UTC) - started).total_seconds()
     if age > timeout_s:
@@ -59,71 +84,67 @@ def _stale(holder: dict[str, Any], timeout_s: float) -> str | None:
     return None
 
 
-def _try_create(path: Path, holder: dict[str, Any]) -> bool:
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(holder, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    return True
+def _held_by(holder: dict[str, Any]) -> LeaseError:
+    return LeaseError(
+        f"store is being written by run {holder.get('run_id')} on {holder.get('host')} since "
+        f"{holder.get('started_at')}; retry later or use --break-lock"
+    )
 
 
-def acquire(store_dir: Path, run_id: str, timeout_s: float, break_lock: bool = False) -> dict[str, Any]:
+def _mark_released(store_dir: StoragePath, n: int, why: str) -> None:
+    storage.put_if_absent(_record(store_dir, n, ".released"), json.dumps({"why": why}).encode())
+
+
+def _prune(store_dir: StoragePath, below: int) -> None:
+    for n in _numbers(store_dir):
+        if n < below - KEEP_RECORDS:
+            _record(store_dir, n, ".released").unlink(missing_ok=True)
+            _record(store_dir, n).unlink(missing_ok=True)
+
+
+def acquire(store_dir: StoragePath, run_id: str, timeout_s: float, break_lock: bool = False) -> dict[str, Any]:
     store_dir.mkdir(parents=True, exist_ok=True)
-    path = store_dir / LEASE
-    if break_lock and path.exists():
-        log.warning("--break-lock: removing the writer lease %s", read_lease(store_dir))
-        path.unlink(missing_ok=True)
     holder = {
         "run_id": run_id,
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    for _ in range(3):
-        if _try_create(path, holder):
-            return holder
-        current = read_lease(store_dir)
-        if current is None:
-            continue  # released between our attempt and the read
-        reason = _stale(current, timeout_s)
-        if reason is None:
-            raise LeaseError(
-                f"store is being written by run {current['run_id']} on {current['host']} since "
-                f"{current['started_at']}; retry later or use --break-lock"
-            )
-        log.warning("taking over a stale writer lease (%s): %s", reason, current)
-        # Rename-then-delete: of two writers taking over the same stale lease only one rename succeeds.
-        grave = path.with_name(f"{LEASE}.stale-{os.getpid()}")
-        try:
-            os.rename(path, grave)
-        except FileNotFoundError:
+    for _ in range(5):
+        n, current = _current(store_dir)
+        if current is not None:
+            if break_lock:
+                log.warning("--break-lock: releasing the writer lease of %s", current)
+                _mark_released(store_dir, n, f"broken by run {run_id}")
+            else:
+                reason = _stale(current, timeout_s)
+                if reason is None:
+                    raise _held_by(current)
+                log.warning("taking over a stale writer lease (%s): %s", reason, current)
+        mine = (n + 1) if n is not None else 0
+        if not storage.put_if_absent(_record(store_dir, mine), json.dumps(holder).encode()):
+            continue  # another writer created this number first: read who holds it now
+        if _numbers(store_dir)[-1] != mine:
+            _mark_released(store_dir, mine, "not the newest record")
             continue
-        taken = json.loads(grave.read_text(encoding="utf-8") or "{}")
-        if taken != current:
-            # Another writer replaced the stale lease between our read and our rename: give its lease back.
-            os.link(grave, path)
-            grave.unlink()
-            raise LeaseError(
-                f"store is being written by run {taken.get('run_id')} on {taken.get('host')} since "
-                f"{taken.get('started_at')}; retry later or use --break-lock"
-            )
-        grave.unlink()
-    raise LeaseError(f"could not take the writer lease {path}; retry later or use --break-lock")
+        _prune(store_dir, mine)
+        return holder | {"lease": mine}
+    _, current = _current(store_dir)
+    if current is not None:
+        raise _held_by(current)
+    raise LeaseError(f"could not take the writer lease in {store_dir / LEASE_DIR}; retry later or use --break-lock")
 
 
-def release(store_dir: Path, holder: dict[str, Any]) -> None:
-    """Remove the lease only if it is still ours (a --break-lock may have handed it to someone else)."""
-    current = read_lease(store_dir)
-    if current and current.get("run_id") == holder["run_id"] and current.get("pid") == holder["pid"]:
-        (store_dir / LEASE).unlink(missing_ok=True)
+def release(store_dir: StoragePath, holder: dict[str, Any]) -> None:
+    """Release our own record (a --break-lock that handed the store to someone else made a newer one: untouched)."""
+    if "lease" in holder:
+        _mark_released(store_dir, int(holder["lease"]), f"released by run {holder['run_id']}")
 
 
 @contextmanager
-def writer_lease(store_dir: Path, run_id: str, timeout_s: float, break_lock: bool = False) -> Iterator[dict[str, Any]]:
+def writer_lease(
+    store_dir: StoragePath, run_id: str, timeout_s: float, break_lock: bool = False
+) -> Iterator[dict[str, Any]]:
     holder = acquire(store_dir, run_id, timeout_s, break_lock)
     try:
         yield holder

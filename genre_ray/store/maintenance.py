@@ -20,6 +20,7 @@ from typing import Any
 import lance
 import lancedb
 
+from genre_ray import storage
 from genre_ray.layout import RunLayout
 from genre_ray.store import manifest as manifests
 from genre_ray.store import models
@@ -75,13 +76,12 @@ def retain(store: Store, keep_publishes: int, layout: RunLayout | None = None) -
         ds = store.db.open_table(name).to_lance()
         versions_removed += _prune_versions(ds, refs)
     if layout is not None:
-        from genre_ray.embed import embeddings_uri
+        from genre_ray.embed import embeddings_uri, open_embeddings
 
         uri = embeddings_uri(layout)
         if uri.exists():
-            ds = lance.dataset(str(uri))
-            ds.optimize.compact_files()
-            versions_removed += _prune_versions(lance.dataset(str(uri)), {})
+            open_embeddings(uri).optimize.compact_files()
+            versions_removed += _prune_versions(open_embeddings(uri), {})
     removed_models = models.prune_models(store.dir, {m["model_version"] for m in kept})
     if dropped or versions_removed:
         log.info(
@@ -92,10 +92,6 @@ def retain(store: Store, keep_publishes: int, layout: RunLayout | None = None) -
             len(removed_models),
         )
     return {"publishes": len(dropped), "versions": versions_removed, "models": removed_models}
-
-
-def _dir_bytes(path: Any) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def table_status(store: Store, name: str) -> dict[str, Any]:
@@ -110,7 +106,7 @@ def table_status(store: Store, name: str) -> dict[str, Any]:
         "version": tbl.version,
         "versions": len(ds.versions()),
         "fragments": len(ds.get_fragments()),
-        "bytes": _dir_bytes(store.dir / f"{name}.lance"),
+        "bytes": storage.tree_bytes(store.dir / f"{name}.lance"),
         "unindexed_rows": unindexed,
     }
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Iterable
-from pathlib import Path
 
+from genre_ray import storage
 from genre_ray.model import copy_classifier, read_meta
+from genre_ray.storage import StoragePath
 from genre_ray.store.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -15,11 +15,11 @@ log = logging.getLogger(__name__)
 MODELS_DIR = "models"
 
 
-def model_copy(store_dir: Path, version: str) -> Path:
+def model_copy(store_dir: StoragePath, version: str) -> StoragePath:
     return store_dir / MODELS_DIR / version
 
 
-def keep_model(store_dir: Path, model_dir: Path, version: str) -> None:
+def keep_model(store_dir: StoragePath, model_dir: StoragePath, version: str) -> None:
     """Copy model/ into the store (once per version) before a manifest starts serving it."""
     dst = model_copy(store_dir, version)
     if dst.exists() and read_meta(dst)["model_version"] == version:
@@ -27,7 +27,7 @@ def keep_model(store_dir: Path, model_dir: Path, version: str) -> None:
     copy_classifier(model_dir, dst)
 
 
-def restore_model(store_dir: Path, version: str, model_dir: Path) -> None:
+def restore_model(store_dir: StoragePath, version: str, model_dir: StoragePath) -> None:
     """Re-export the store's copy of model `version` into model/ (crash-safe, like a fresh export)."""
     src = model_copy(store_dir, version)
     if not src.exists():
@@ -39,11 +39,11 @@ def restore_model(store_dir: Path, version: str, model_dir: Path) -> None:
     log.info("model %s re-exported from %s into %s", version, src, model_dir)
 
 
-def prune_models(store_dir: Path, keep: Iterable[str]) -> list[str]:
+def prune_models(store_dir: StoragePath, keep: Iterable[str]) -> list[str]:
     keep = set(keep)
     removed = []
     for d in sorted((store_dir / MODELS_DIR).glob("*")):
         if d.is_dir() and d.name not in keep:
-            shutil.rmtree(d)
+            storage.remove_tree(d)
             removed.append(d.name)
     return removed

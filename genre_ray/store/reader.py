@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import lancedb
 import numpy as np
 import pyarrow as pa
 
-from genre_ray import schema
+from genre_ray import schema, storage
+from genre_ray.storage import StoragePath
 from genre_ray.store import manifest as manifests
 from genre_ray.store.errors import StoreError
 
@@ -64,8 +64,9 @@ class Filters:
 class Store:
     """Read side of the store: tables at the versions of the current manifest."""
 
-    def __init__(self, store_dir: str | Path, nprobes: int = 20, refine_factor: int = 10):
-        self.dir = Path(store_dir)
+    def __init__(self, store_dir: str | StoragePath, nprobes: int = 20, refine_factor: int = 10):
+        # a local Path or an ObjectPath; a string is resolved with the environment's storage settings only
+        self.dir = storage.location(store_dir)
         self.nprobes = nprobes
         self.refine_factor = refine_factor
         self._db: lancedb.DBConnection | None = None
@@ -76,7 +77,7 @@ class Store:
     def db(self) -> lancedb.DBConnection:
         if self._db is None:
             self.dir.mkdir(parents=True, exist_ok=True)
-            self._db = lancedb.connect(str(self.dir))
+            self._db = lancedb.connect(str(self.dir), storage_options=storage.lance_options(self.dir))
         return self._db
 
     # -- manifest ---------------------------------------------------------------------------------------------
@@ -102,7 +103,7 @@ class Store:
         target = manifests.rollback_target(self.dir, current, to)
         target["last_seq"] = manifests.last_seq(current)
         target["pinned"] = True
-        manifests.switch(self.dir, target)
+        manifests.switch(self.dir, target, based_on=current)
         self._tables = None
         log.info("rolled back from run %s to run %s", current["run_id"], target["run_id"])
         return target

@@ -8,9 +8,10 @@ Publish protocol (what readers see is always one consistent run; the caller hold
    one commit), nightly changes through `merge_insert("movie_id")` + `delete`;
 4. index (IVF-PQ when large enough, flat otherwise; B-tree on movie_id and title_key), compact the touched tables,
    record each table's new Lance version;
-5. atomically switch `manifest.json` (manifest.py); then prune what no kept publish references (maintenance.py).
+5. atomically switch readers: create the next `serving/` record (manifest.py); then prune what no kept
+   publish references (maintenance.py).
 Readers open every table at the manifest's version (`checkout`), so they never see a half-written run, and
-rollback is just pointing `manifest.json` at an earlier entry of the history.
+rollback is just serving an earlier entry of the history again.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import pyarrow.compute as pc
 import ray
 from lancedb.index import BTree, IvfPq
 
-from genre_ray import schema
+from genre_ray import schema, storage
 from genre_ray.catalog import read_catalog
 from genre_ray.config import Config, StoreConfig
 from genre_ray.layout import RunLayout
@@ -121,8 +122,12 @@ def _load_embeddings(layout: RunLayout, ids: pa.Array | None) -> ray.data.Datase
     if ids is None or len(ids) > DELTA_FILTER_MAX_IDS:
         return load_embeddings(layout)
     columns = ["movie_id", "content_hash", "embedding"]
+    uri = embeddings_uri(layout)
     return lance_ray.read_lance(
-        str(embeddings_uri(layout)), columns=columns, filter=sql_in("movie_id", ids.to_pylist())
+        str(uri),
+        columns=columns,
+        filter=sql_in("movie_id", ids.to_pylist()),
+        storage_options=storage.lance_options(uri),
     )
 
 
@@ -372,7 +377,7 @@ def publish(
         "tables": tables,
         "stats": {"rows": sum(t["rows"] for t in tables.values()), "max_log_votes": math.log1p(votes)},
     }
-    _commit(store, manifest)
+    _commit(store, manifest, previous)
     maintenance.retain(store, cfg.store.keep_publishes, layout)
     return PublishResult(
         run_id=run_id,
@@ -388,8 +393,9 @@ def publish(
     )
 
 
-def _commit(store: Store, manifest: dict[str, Any]) -> None:
-    manifests.record(store.dir, manifest)
+def _commit(store: Store, manifest: dict[str, Any], previous: Mapping[str, Any] | None) -> None:
+    # switched only if no other writer switched since `previous` was read (the lease makes that the normal case)
+    manifests.record(store.dir, manifest, based_on=previous)
 
 
 def _write(
@@ -425,6 +431,7 @@ def _write(
             # Full path: distributed fragment writes and one commit. "overwrite" also replaces a table left by
             # an unpublished run or an older layout, as a new version (earlier versions stay for rollback).
             mode = "overwrite" if table in existing else "create"
-            lance_ray.write_lance(part, str(store.dir / f"{table}.lance"), schema=served, mode=mode)
+            uri = store.dir / f"{table}.lance"
+            lance_ray.write_lance(part, str(uri), schema=served, mode=mode, storage_options=storage.lance_options(uri))
         touched.add(table)
     return touched

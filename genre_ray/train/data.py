@@ -145,8 +145,13 @@ def check_catalog(layout: RunLayout) -> None:
     """Fail early, with what to fix, on a catalog that cannot train: counted from Parquet, nothing gathered."""
     import pyarrow.dataset as pads
 
-    files = sorted(str(f) for f in layout.movies.glob("*.parquet"))
-    dataset = pads.dataset(files, format="parquet") if files else None
+    from genre_ray.catalog import catalog_source
+
+    try:
+        fs, files = catalog_source(layout)
+    except FileNotFoundError:
+        fs, files = None, []
+    dataset = pads.dataset(files, format="parquet", filesystem=fs) if files else None
     total = dataset.count_rows() if dataset else 0
     if total == 0:
         raise PreconditionError(

@@ -22,6 +22,7 @@ import ray.data
 from safetensors.torch import load_file
 
 from genre_ray import split as splits
+from genre_ray import storage
 from genre_ray.config import Config, TrainConfig
 from genre_ray.layout import RunLayout, atomic_write_text
 from genre_ray.model import ClassifierSpec, GenreClassifier, save_classifier
@@ -122,7 +123,9 @@ def build_trainer(
         # val is never split: every worker scores the whole (bounded) val set, so all stop together
         dataset_config=DataConfig(datasets_to_split=[] if cache else ["train"]),
         run_config=RunConfig(
-            storage_path=str(layout.checkpoints_dir),
+            # an object-store workdir: Train writes checkpoints through the same pyarrow filesystem as the rest
+            storage_path=storage.arrow_fs(layout.checkpoints_dir)[1],
+            storage_filesystem=storage.arrow_fs(layout.checkpoints_dir)[0],
             name=run_name,
             failure_config=FailureConfig(max_failures=tc.max_failures),
             # the latest checkpoint carries the best weights too, so two suffice (one may be mid-write)
