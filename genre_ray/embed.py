@@ -235,9 +235,12 @@ class _Diff:
 
 
 def _diff(catalog_keys: pa.Table, stored_keys: pa.Table) -> _Diff:
-    new = catalog_keys.join(stored_keys, keys=["movie_id", "content_hash"], join_type="left anti")
+    # use_threads=False throughout the driver: Ray Data's Parquet reader resizes Arrow's process-wide CPU pool
+    # (pa.set_cpu_count), after which a threaded Acero plan in the same process can fail with "thread index N is
+    # out of range".
+    new = catalog_keys.join(stored_keys, keys=["movie_id", "content_hash"], join_type="left anti", use_threads=False)
     gone = stored_keys.select(["movie_id"]).join(
-        catalog_keys.select(["movie_id"]), keys="movie_id", join_type="left anti"
+        catalog_keys.select(["movie_id"]), keys="movie_id", join_type="left anti", use_threads=False
     )
     return _Diff(new["movie_id"].combine_chunks(), gone["movie_id"].combine_chunks(), catalog_keys.num_rows)
 

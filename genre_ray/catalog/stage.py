@@ -351,7 +351,10 @@ def _parse_file_task(
 
 def _keepers_on_driver(ids: list[pa.Table]) -> pa.Table:
     """movie_id -> order key of the row to keep, for ids that occur more than once (usually a short table)."""
-    counted = pa.concat_tables(ids).group_by("movie_id").aggregate([(_ORDER, "count"), (_ORDER, "min")])
+    # Single-threaded: a threaded Acero plan in the driver can fail once Ray Data has resized Arrow's CPU pool.
+    counted = (
+        pa.concat_tables(ids).group_by("movie_id", use_threads=False).aggregate([(_ORDER, "count"), (_ORDER, "min")])
+    )
     dups = counted.filter(pc.greater(counted[f"{_ORDER}_count"], 1))
     return pa.table({"movie_id": dups["movie_id"], "keep": dups[f"{_ORDER}_min"]})
 

@@ -78,10 +78,10 @@ def _genre_counts(batch: pa.Table) -> pa.Table:
     owner = pc.take(batch["split"], pc.list_parent_indices(batch["genres"]))
     # a genre listed twice for one movie counts once
     pairs = pa.table({"row": pc.list_parent_indices(batch["genres"]), "split": owner, "genre": flat})
-    pairs = pairs.group_by(["row", "split", "genre"]).aggregate([]).select(["split", "genre"])
+    pairs = pairs.group_by(["row", "split", "genre"], use_threads=False).aggregate([]).select(["split", "genre"])
     rows = pa.table({"split": batch["split"], "genre": pa.array([""] * batch.num_rows, pa.string())})
     both = pa.concat_tables([pairs.cast(rows.schema), rows])
-    counted = both.group_by(["split", "genre"]).aggregate([([], "count_all")])
+    counted = both.group_by(["split", "genre"], use_threads=False).aggregate([([], "count_all")])
     return counted.rename_columns(["split", "genre", "n"])
 
 
