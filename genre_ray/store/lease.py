@@ -27,6 +27,7 @@ from typing import Any
 
 from genre_ray import storage
 from genre_ray.storage import StoragePath
+from genre_ray.storage.records import claim, numbered, record_path
 from genre_ray.store.errors import LeaseError
 
 log = logging.getLogger(__name__)
@@ -47,11 +48,11 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _record(store_dir: StoragePath, n: int, suffix: str = ".json") -> StoragePath:
-    return store_dir / LEASE_DIR / f"{n:012d}{suffix}"
+    return record_path(store_dir / LEASE_DIR, n, suffix)
 
 
 def _numbers(store_dir: StoragePath) -> list[int]:
-    return sorted(int(f.name[:-5]) for f in (store_dir / LEASE_DIR).glob("*.json") if f.name[:-5].isdigit())
+    return [n for n, _ in numbered(store_dir / LEASE_DIR)]
 
 
 def _current(store_dir: StoragePath) -> tuple[int | None, dict[str, Any] | None]:
@@ -122,9 +123,10 @@ def acquire(store_dir: StoragePath, run_id: str, timeout_s: float, break_lock: b
                     raise _held_by(current)
                 log.warning("taking over a stale writer lease (%s): %s", reason, current)
         mine = (n + 1) if n is not None else 0
-        if not storage.put_if_absent(_record(store_dir, mine), json.dumps(holder).encode()):
+        claimed = claim(store_dir / LEASE_DIR, mine, json.dumps(holder).encode())
+        if claimed == "taken":
             continue  # another writer created this number first: read who holds it now
-        if _numbers(store_dir)[-1] != mine:
+        if claimed == "overtaken":
             _mark_released(store_dir, mine, "not the newest record")
             continue
         _prune(store_dir, mine)

@@ -21,9 +21,9 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from genre_ray import storage
 from genre_ray.layout import atomic_write_text
 from genre_ray.storage import StoragePath
+from genre_ray.storage.records import claim, numbered
 from genre_ray.store.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -47,12 +47,7 @@ def manifest_json(manifest: Mapping[str, Any]) -> str:
 
 def switches(store_dir: StoragePath) -> list[tuple[int, StoragePath]]:
     """Every switch record, (number, path), lowest first."""
-    out = []
-    for f in (store_dir / SERVING_DIR).glob("*.json"):
-        stem = f.name.removesuffix(".json")
-        if stem.isdigit():
-            out.append((int(stem), f))
-    return sorted(out, key=lambda t: t[0])
+    return numbered(store_dir / SERVING_DIR)
 
 
 def read_manifest(store_dir: StoragePath) -> dict[str, Any] | None:
@@ -116,14 +111,14 @@ def switch(store_dir: StoragePath, manifest: Mapping[str, Any], based_on: Mappin
     was read from. If any writer switched since, that number exists and the create fails: no switch is lost."""
     records = switches(store_dir)
     n = int(based_on.get(SWITCH, -1)) + 1 if based_on is not None else 0
-    path = store_dir / SERVING_DIR / f"{n:012d}.json"
-    if not storage.put_if_absent(path, manifest_json(manifest).encode("utf-8")):
+    claimed = claim(store_dir / SERVING_DIR, n, manifest_json(manifest).encode("utf-8"))
+    if claimed == "taken":
         raise StoreError(
             f"{store_dir}: another writer switched the store at the same moment (record {n}); this run's switch "
             "was not applied and readers stay on what that writer published"
         )
-    newest = switches(store_dir)[-1][0]
-    if newest != n:
+    if claimed == "overtaken":
+        newest = switches(store_dir)[-1][0]
         raise StoreError(f"{store_dir}: switch record {n} is not the newest ({newest}): another writer got ahead")
     for _, f in records[: max(0, len(records) + 1 - KEEP_SWITCHES)]:
         f.unlink(missing_ok=True)
