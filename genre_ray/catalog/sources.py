@@ -295,7 +295,7 @@ def _text_part_records(src: SourceFile) -> tuple[list[str], Iterator[Record]]:
     lines = io.StringIO(text, newline="").readlines()
     if src.format == "csv":
         # part 0 holds the header (text_cuts cuts after it); the others read it from the file's start
-        header_at = next((i for i, line in enumerate(lines) if line.strip()), len(lines)) if start == 0 else -1
+        header_at = _header_index(lines, default=len(lines)) if start == 0 else -1
         header = _csv_header(iter(lines[header_at:]) if start == 0 else _lines_from(src.path, 0))
         more = _lines_from(src.path, stop)
         return header, _csv_body(lines, header, header_at + 1, row0=src.first_row, own=len(lines), more=more)
@@ -324,7 +324,13 @@ def _lines_from(path: str, start: int) -> Iterator[str]:
                 return
 
 
+def _header_index(lines: Sequence[str], default: int | None = None) -> int | None:
+    """Where a CSV's header is: its first non-blank line."""
+    return next((i for i, line in enumerate(lines) if line.strip()), default)
+
+
 def _csv_header(lines: Iterator[str]) -> list[str]:
+    """The column names on the first non-blank line ([] if there is none)."""
     for line in lines:
         if line.strip():
             return [h.strip() for h in next(csv.reader([line]))]
@@ -369,10 +375,10 @@ class _LineCursor:
 def _csv_records(text: str) -> tuple[list[str], Iterator[Record]]:
     # newline="": split on \n, \r\n and \r, the terminators csv itself recognises, and keep them.
     lines = io.StringIO(text, newline="").readlines()
-    header_at = next((i for i, line in enumerate(lines) if line.strip()), None)
+    header_at = _header_index(lines)
     if header_at is None:
         return [], iter(())
-    header = [h.strip() for h in next(csv.reader([lines[header_at]]))]
+    header = _csv_header(iter(lines[header_at:]))
     return header, _csv_body(lines, header, header_at + 1)
 
 
