@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from genre_ray import storage
-from genre_ray.storage import StoragePath
 
+# Re-exported: the stages write run artifacts through layout; the one implementation (rename, or one PUT) is storage's.
+from genre_ray.storage import StoragePath, atomic_write
 
-def atomic_write(path: StoragePath, write: Callable[[Path], object]) -> None:
-    """`write` fills a local temp file, which then replaces `path`: a reader sees the old file or the new one,
-    never half of one, even if the writer is killed mid-way (storage.atomic_write: rename, or one PUT)."""
-    storage.atomic_write(path, write)
+__all__ = ["RunLayout", "atomic_write", "atomic_write_text"]
 
 
 def atomic_write_text(path: StoragePath, text: str) -> None:
