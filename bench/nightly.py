@@ -160,7 +160,7 @@ def _rows_and_note(stage: str, result: dict[str, Any]) -> tuple[int, str]:
         warned = ", ".join(f"{k}: {v}" for k, v in sorted(r.get("field_warnings_by_reason", {}).items()))
         return r.get("rows_in", 0), (
             f"{r.get('rows_ok', 0)} ok, {r.get('rows_rejected', 0)} rejected ({reasons}); "
-            f"{r.get('field_warnings', 0)} field warnings ({warned})"
+            f"{r.get('rows_with_field_warnings', 0)} rows with field warnings ({warned})"
         )
     if stage == "embed":
         plan = r.get("plan") or {}
@@ -175,8 +175,8 @@ def _rows_and_note(stage: str, result: dict[str, Any]) -> tuple[int, str]:
         return r.get("epochs_run", 0), f"epochs; {r.get('num_workers')} worker(s), {r.get('rows_per_s', 0):.0f} rows/s"
     if stage == "publish":
         return r.get("upserted", 0), (
-            f"{r.get('rows_total', 0)} served, {r.get('deleted', 0)} deleted, {r.get('unchanged', 0)} unchanged"
-            f"{', full rebuild' if r.get('full_rebuild') else ''}"
+            f"{r.get('rows_total', 0)} served, {r.get('deleted', 0)} deleted, {r.get('unchanged', 0)} unchanged, "
+            f"{r.get('embeddings_read', 0)} embeddings read{', full rebuild' if r.get('full_rebuild') else ''}"
         )
     return 0, ""
 

@@ -4,7 +4,8 @@ A Ray Data `map_batches` over the embeddings with a callable class, so each acto
 reuses it for every batch. Catalog metadata is joined in the same step as a broadcast join: the metadata of the
 movies to infer (ids, title, year, language, genres, popularity, votes, hash; no text) is a few hundred bytes per
 movie against ~1.5 KB of embedding, so shipping it once per actor through the object store is cheaper than a
-hash-shuffle join of both sides.
+hash-shuffle join of both sides. Each actor hashes the ids once; a batch then costs its own rows, not the
+catalog's (an Arrow `index_in` against the whole catalog per batch would cost batches x catalog).
 """
 
 from __future__ import annotations
@@ -28,10 +29,6 @@ log = logging.getLogger(__name__)
 METADATA_COLUMNS = ["movie_id", "title", "year", "language", "genres", "popularity", "votes", "content_hash"]
 
 
-def metadata_table(catalog: pa.Table) -> pa.Table:
-    return catalog.select(METADATA_COLUMNS)
-
-
 class SpectrumMapper:
     """Ray Data callable class: one checkpoint load per actor, then embeddings -> served rows per batch."""
 
@@ -50,13 +47,13 @@ class SpectrumMapper:
         self.model = loaded.model
         self.model_version = loaded.model_version
         self.metadata: pa.Table = ray.get(metadata_ref[0])
-        self.ids = self.metadata["movie_id"].combine_chunks()
+        self.row_of = {movie_id: i for i, movie_id in enumerate(self.metadata["movie_id"].to_pylist())}
         self.schema = schema.served_schema(self.model.spec.spectrum_dim)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         # Inner join on movie_id, and only against an embedding of the *current* document: an embedding whose
         # hash differs from the catalog's is stale and must not be served (publish reports it as missing).
-        pos = pc.index_in(batch["movie_id"], value_set=self.ids)
+        pos = pa.array([self.row_of.get(m) for m in batch["movie_id"].to_pylist()], pa.int64())
         keep = pc.is_valid(pos)
         batch, pos = batch.filter(keep), pos.filter(keep)
         meta = self.metadata.take(pos)
@@ -87,7 +84,7 @@ def _served(meta: pa.Table, vectors: np.ndarray, probs: np.ndarray, model_versio
 
 def compute_spectrum(
     embeddings: ray.data.Dataset,
-    metadata: pa.Table,
+    metadata: pa.Table | ray.ObjectRef,
     model_dir: StoragePath,
     *,
     batch_size: int = 1024,
@@ -98,8 +95,9 @@ def compute_spectrum(
     """Served rows (schema.served_schema) for the movies in `metadata` that have a current embedding.
 
     Lazy: the caller materialises or writes the result. Movies without a matching embedding are simply absent.
+    `metadata` may already be in the object store (a reference to a table with at least METADATA_COLUMNS).
     """
-    ref = ray.put(metadata_table(metadata))
+    ref = ray.put(metadata.select(METADATA_COLUMNS)) if isinstance(metadata, pa.Table) else metadata
     return embeddings.select_columns(["movie_id", "content_hash", "embedding"]).map_batches(
         SpectrumMapper,
         fn_constructor_kwargs={

@@ -2,7 +2,8 @@
 
 Publish protocol (what readers see is always one consistent run; the caller holds the writer lease, lease.py):
 1. restore every published table to the version in the current manifest (undoes what an interrupted run wrote);
-2. diff the catalog against the published rows (content_hash, model_version, target table);
+2. diff the catalog against the published rows (content_hash, model_version, target table) in one Ray task
+   (plan.py): the driver gets counts and ids to delete, never the catalog;
 3. infer only new / changed / moved movies (everything when the model version changed), reading only their
    embeddings, and write them: full table writes go through `lance_ray.write_lance` (distributed fragment writes,
    one commit), nightly changes through `merge_insert("movie_id")` + `delete`;
@@ -32,7 +33,6 @@ import ray
 from lancedb.index import BTree, IvfPq
 
 from genre_ray import schema, storage
-from genre_ray.catalog import read_catalog
 from genre_ray.config import Config, StoreConfig
 from genre_ray.layout import RunLayout
 from genre_ray.model import load_classifier
@@ -41,13 +41,12 @@ from genre_ray.spectrum import compute_spectrum
 from genre_ray.store import maintenance, models
 from genre_ray.store import manifest as manifests
 from genre_ray.store.errors import StoreError
-from genre_ray.store.partitions import ivf_pq_params, partition_tables, route, table_name, table_names
+from genre_ray.store.partitions import ivf_pq_params, route, table_name, table_names
+from genre_ray.store.plan import PublishPlan, plan_publish
 from genre_ray.store.reader import TITLE_KEY, VECTOR, Store, sql_in
 
 log = logging.getLogger(__name__)
 
-# Above this many changed movies the embeddings are scanned whole instead of fetched by an IN (...) filter.
-DELTA_FILTER_MAX_IDS = 20_000
 PRIMARY_KEY_META = {b"lance-schema:unenforced-primary-key": b"true"}
 
 
@@ -80,6 +79,8 @@ class PublishResult:
     full_rebuild: bool = False
     published: bool = True
     spectrum_nodes: list[str] = field(default_factory=list)  # Ray nodes of the spectrum actors
+    # embeddings the spectrum map read: a small nightly fetches only those of the movies it re-infers
+    embeddings_read: int = 0
 
     def summary(self) -> str:
         head = (
@@ -96,80 +97,30 @@ class PublishResult:
         return "\n".join(lines)
 
 
-@dataclass(frozen=True)
-class _Diff:
-    upsert: pa.Table  # catalog metadata + target table of movies to (re)infer
-    delete: dict[str, list[str]]  # table -> ids to remove from it (removed from catalog, or moved away)
-    unchanged: int
-    full: bool
-
-
-def _read_catalog(layout: RunLayout) -> pa.Table:
-    from genre_ray.spectrum import METADATA_COLUMNS
-
-    table = read_catalog(layout, METADATA_COLUMNS)
-    if pc.count_distinct(table["movie_id"]).as_py() != table.num_rows:
-        raise StoreError(f"{layout.movies}: movie_id is not unique; the catalog stage must deduplicate")
-    return table
-
-
-def _load_embeddings(layout: RunLayout, ids: pa.Array | None) -> ray.data.Dataset:
-    """The embed stage's output; only the rows of `ids` when given (a nightly delta), not every embedding."""
+def _load_embeddings(layout: RunLayout, ids: list[str] | None) -> ray.data.Dataset:
+    """The embed stage's output; only the rows of `ids` when given (a small nightly delta), not every embedding."""
     import lance_ray
 
     from genre_ray.embed import embeddings_uri, load_embeddings  # helper stage: the store reads it only here
 
-    if ids is None or len(ids) > DELTA_FILTER_MAX_IDS:
+    if ids is None:
         return load_embeddings(layout)
-    columns = ["movie_id", "content_hash", "embedding"]
     uri = embeddings_uri(layout)
-    return lance_ray.read_lance(
+    fetched = lance_ray.read_lance(
         str(uri),
-        columns=columns,
-        filter=sql_in("movie_id", ids.to_pylist()),
+        columns=["movie_id", "content_hash", "embedding"],
+        filter=sql_in("movie_id", ids),
         storage_options=storage.lance_options(uri),
     )
-
-
-def _published_state(store: Store) -> pa.Table:
-    """movie_id, content_hash, model_version, _table of everything published now."""
-    parts = []
-    for name, tbl in store.open_tables().items():
-        t = tbl.search().select(["movie_id", "content_hash", "model_version"]).limit(None).to_arrow()
-        parts.append(t.append_column("_table", pa.array([name] * t.num_rows, pa.string())))
-    if not parts:
-        return pa.table({"movie_id": [], "content_hash": [], "model_version": [], "_table": []})
-    return pa.concat_tables(parts)
-
-
-def _diff(catalog: pa.Table, published: pa.Table, model_version: str, full: bool) -> _Diff:
-    if full or published.num_rows == 0:
-        return _Diff(upsert=catalog, delete={}, unchanged=0, full=True)
-    cat = catalog.select(["movie_id", "content_hash", "_table"]).to_pandas()
-    pub = published.to_pandas()
-    m = cat.merge(pub, on="movie_id", how="outer", suffixes=("", "_pub"), indicator=True)
-    new = m["_merge"] == "left_only"
-    removed = m["_merge"] == "right_only"
-    both = m["_merge"] == "both"
-    stale = both & (
-        (m["content_hash"] != m["content_hash_pub"])
-        | (m["model_version"] != model_version)
-        | (m["_table"] != m["_table_pub"])
-    )
-    moved = both & (m["_table"] != m["_table_pub"])
-    delete: dict[str, list[str]] = {}
-    for table, ids in m.loc[removed | moved].groupby("_table_pub")["movie_id"]:
-        delete[str(table)] = sorted(ids)
-    upsert_ids = pa.array(m.loc[new | stale, "movie_id"].tolist(), pa.string())
-    upsert = catalog.filter(pc.is_in(catalog["movie_id"], value_set=upsert_ids))
-    return _Diff(upsert=upsert, delete=delete, unchanged=int((both & ~stale).sum()), full=False)
+    return fetched.materialize()  # at most DELTA_FILTER_MAX_IDS rows, counted and inferred from one read
 
 
 def _spectrum_rows(
-    cfg: Config, model_dir: Any, embeddings: ray.data.Dataset, upsert: pa.Table
-) -> tuple[ray.data.Dataset, list[str], list[str]]:
-    """Materialised served rows for the movies in `upsert`, the ids among them with no current embedding, and the
-    Ray nodes the spectrum actors ran on."""
+    cfg: Config, model_dir: Any, embeddings: ray.data.Dataset, plan: PublishPlan, upsert: ray.ObjectRef
+) -> tuple[ray.data.Dataset, list[str]]:
+    """Materialised served rows for the movies in `upsert` (the plan's metadata) and the Ray nodes the spectrum
+    actors ran on. Fails, before anything is written, when some of them have no embedding of their current
+    document."""
     actors = cfg.store.spectrum_actors or max(1, int(cluster_cpus() // 2))
     node_log = NodeLog.remote()
     rows = compute_spectrum(
@@ -183,13 +134,26 @@ def _spectrum_rows(
     ).materialize()
     nodes = ray.get(node_log.get.remote())
     ray.kill(node_log)
-    got: list[str] = []
-    for t in ray.get(list(rows.select_columns(["movie_id"]).to_arrow_refs())):
-        got += t.column("movie_id").to_pylist() if t.num_rows else []
-    missing = pc.filter(
-        upsert["movie_id"], pc.invert(pc.is_in(upsert["movie_id"], value_set=pa.array(got, pa.string())))
+    inferred = rows.count()  # from the materialised blocks' metadata
+    if inferred != plan.upserted:
+        _explain_shortfall(rows, upsert, inferred)
+    return rows, nodes
+
+
+def _explain_shortfall(rows: ray.data.Dataset, upsert: ray.ObjectRef, inferred: int) -> None:
+    """The failure path only: which movies got no served row (ids gathered here; the run stops anyway)."""
+    blocks = ray.get(list(rows.select_columns(["movie_id"]).to_arrow_refs()))
+    got = pa.array([i for t in blocks for i in t["movie_id"].to_pylist()], pa.string())
+    wanted = ray.get(upsert)["movie_id"]
+    missing = sorted(pc.filter(wanted, pc.invert(pc.is_in(wanted, value_set=got))).to_pylist())
+    if missing:
+        raise StoreError(
+            f"{len(missing)} catalog movies have no embedding for their current content_hash "
+            f"(e.g. {missing[:5]}); run the embed stage first"
+        )
+    raise StoreError(
+        f"{inferred} served rows for {len(wanted)} movies: the embeddings hold some movie_id more than once"
     )
-    return rows, sorted(missing.to_pylist()), nodes
 
 
 def _rows_for(
@@ -299,55 +263,48 @@ def publish(
 
     loaded, pinned = _served_model(cfg, layout, store, previous, promote)
     dim = loaded.model.spec.spectrum_dim
-    catalog = _read_catalog(layout)
     key = cfg.store.partition_key
-    partitions = partition_tables(catalog[key], cfg.store)
     catch_all = table_name(cfg.store.table_prefix, cfg.store.catch_all)
-    catalog = catalog.append_column("_table", route(catalog[key], partitions, catch_all))
-
     full = (
         previous is None
         or previous["model_version"] != loaded.model_version
         or previous["partition_key"] != key
         or _lacks_title_key(store, previous)
     )
-    diff = _diff(catalog, _published_state(store) if not full else pa.table({}), loaded.model_version, full)
-    deleted = sum(len(v) for v in diff.delete.values())
+    plan, upsert = plan_publish(layout, cfg.store, catch_all, loaded.model_version, full)
     log.info(
         "publish %s: %d to infer, %d to delete, %d unchanged%s",
         run_id,
-        diff.upsert.num_rows,
-        deleted,
-        diff.unchanged,
-        " (full rebuild)" if diff.full else "",
+        plan.upserted,
+        plan.deleted,
+        plan.unchanged,
+        " (full rebuild)" if plan.full else "",
     )
-    if previous is not None and not diff.full and diff.upsert.num_rows == 0 and deleted == 0:
+    if previous is not None and not plan.full and plan.upserted == 0 and plan.deleted == 0:
         return PublishResult(
             run_id=previous["run_id"],
             rows_total=store.count(),
             upserted=0,
             deleted=0,
-            unchanged=diff.unchanged,
+            unchanged=plan.unchanged,
             tables=previous["tables"],
             model_version=loaded.model_version,
             seconds=time.perf_counter() - start,
             published=False,
         )
 
-    if embeddings is None:
-        embeddings = _load_embeddings(layout, None if diff.full else diff.upsert["movie_id"].combine_chunks())
-    if isinstance(embeddings, pa.Table):
-        embeddings = ray.data.from_arrow(embeddings)
-    rows, missing, spectrum_nodes = _spectrum_rows(cfg, layout.model_dir, embeddings, diff.upsert)
-    if missing:
-        raise StoreError(
-            f"{len(missing)} catalog movies have no embedding for their current content_hash "
-            f"(e.g. {missing[:5]}); run the embed stage first"
-        )
+    rows, spectrum_nodes, embeddings_read = None, [], 0
+    if plan.upserted:  # a night that only removes movies infers nothing
+        if embeddings is None:
+            embeddings = _load_embeddings(layout, plan.fetch_ids)
+        elif isinstance(embeddings, pa.Table):
+            embeddings = ray.data.from_arrow(embeddings)
+        embeddings_read = embeddings.count()  # a Lance scan answers from its metadata; a fetch is read once
+        rows, spectrum_nodes = _spectrum_rows(cfg, layout.model_dir, embeddings, plan, upsert)
 
-    touched = _write(store, rows, diff, previous, (key, partitions, catch_all), dim)
+    touched = _write(store, rows, plan, previous, (key, plan.partitions, catch_all), dim)
     tables: dict[str, dict[str, Any]] = {}
-    old_tables = previous["tables"] if previous and not diff.full else {}
+    old_tables = previous["tables"] if previous and not plan.full else {}
     for name in sorted(set(old_tables) | set(touched)):
         tbl = store.db.open_table(name)
         n = tbl.count_rows()
@@ -355,14 +312,13 @@ def publish(
             continue  # every movie moved out or was removed: no longer published (the data stays for rollback)
         if name in touched:
             maintenance.compact(tbl)
-            indexed = _index(store.db.open_table(name), cfg.store, dim, diff.full)
+            indexed = _index(store.db.open_table(name), cfg.store, dim, plan.full)
         else:
             indexed = old_tables[name]["indexed"]
         # Re-open: compaction and index maintenance commit through the Lance dataset rather than this handle.
         tables[name] = {"rows": n, "indexed": indexed, "version": store.db.open_table(name).version}
 
     models.keep_model(store.dir, layout.model_dir, loaded.model_version)
-    votes = pc.max(catalog["votes"]).as_py() or 0
     manifest = {
         "run_id": run_id,
         "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -372,24 +328,25 @@ def publish(
         "vocab": loaded.vocab,
         "spectrum_dim": dim,
         "partition_key": key,
-        "partitions": partitions,
+        "partitions": plan.partitions,
         "catch_all": catch_all,
         "tables": tables,
-        "stats": {"rows": sum(t["rows"] for t in tables.values()), "max_log_votes": math.log1p(votes)},
+        "stats": {"rows": sum(t["rows"] for t in tables.values()), "max_log_votes": math.log1p(plan.max_votes)},
     }
     _commit(store, manifest, previous)
     maintenance.retain(store, cfg.store.keep_publishes, layout)
     return PublishResult(
         run_id=run_id,
         rows_total=manifest["stats"]["rows"],
-        upserted=diff.upsert.num_rows,
-        deleted=deleted,
-        unchanged=diff.unchanged,
+        upserted=plan.upserted,
+        deleted=plan.deleted,
+        unchanged=plan.unchanged,
         tables=tables,
         model_version=loaded.model_version,
         seconds=time.perf_counter() - start,
-        full_rebuild=diff.full,
+        full_rebuild=plan.full,
         spectrum_nodes=spectrum_nodes,
+        embeddings_read=embeddings_read,
     )
 
 
@@ -400,8 +357,8 @@ def _commit(store: Store, manifest: dict[str, Any], previous: Mapping[str, Any] 
 
 def _write(
     store: Store,
-    rows: ray.data.Dataset,
-    diff: _Diff,
+    rows: ray.data.Dataset | None,
+    plan: PublishPlan,
     previous: Mapping[str, Any] | None,
     routing: tuple[str, Mapping[str, str], str],
     dim: int,
@@ -409,18 +366,17 @@ def _write(
     """Write served rows into their tables; returns the tables that got a new version."""
     import lance_ray
 
-    published = set(previous["tables"]) if previous and not diff.full else set()
+    published = set(previous["tables"]) if previous and not plan.full else set()
     existing = table_names(store.db)
-    target_tables = set(pc.unique(diff.upsert["_table"]).to_pylist())
     served = served_schema(dim)
     touched: set[str] = set()
 
-    for table, ids in sorted(diff.delete.items()):
+    for table, ids in sorted(plan.delete.items()):
         if table in published:
             store.db.open_table(table).delete(sql_in("movie_id", ids))
             touched.add(table)
 
-    for table in sorted(target_tables):
+    for table in plan.targets if rows is not None else []:
         part = _rows_for(rows, table, *routing, dim)
         if table in published:
             # Nightly path: the delta is small, so it is collected and upserted in one merge_insert commit.

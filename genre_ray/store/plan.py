@@ -1,0 +1,120 @@
+"""What a publish must change, decided in one Ray task next to the data: the driver never holds the catalog.
+
+The task reads the catalog's metadata columns (no documents), checks ids are unique, picks the partition tables,
+and on a nightly diffs the catalog against the published (movie_id, content_hash, model_version, table). It
+returns two objects: a small `PublishPlan` (counts, tables, the ids to delete, and the ids to infer when they are
+few enough to fetch their embeddings by a filter) that the driver reads, and the metadata of the movies to infer,
+which stays in the object store for the spectrum actors (genre_ray.spectrum), each of which indexes it once.
+
+Why not a Ray Data hash join: measured on 2 cores with 20k titles (bench.nightly), a publish built on three hash
+shuffles (uniqueness, the diff, metadata x embeddings) took 104 s for night 1 and 125 s for a 1% nightly, against
+48 s and 12 s for this one task. One task needs memory for the catalog's metadata and keys (a few hundred bytes a
+movie: ~0.5 GB at 1M titles) on one worker, not in the driver.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+
+from genre_ray.catalog import read_catalog
+from genre_ray.config import StoreConfig
+from genre_ray.layout import RunLayout
+from genre_ray.spectrum import METADATA_COLUMNS
+from genre_ray.store.errors import StoreError
+from genre_ray.store.partitions import partition_tables, route
+from genre_ray.store.reader import Store
+
+TABLE = "_table"  # the table a movie is served from after this publish
+# Up to this many movies to infer, their embeddings are fetched by an id filter instead of scanned whole.
+DELTA_FILTER_MAX_IDS = 20_000
+
+
+@dataclass(frozen=True)
+class PublishPlan:
+    partitions: dict[str, str]  # partition value -> table
+    targets: list[str]  # tables that get rows written
+    delete: dict[str, list[str]]  # table -> ids to remove from it (removed from the catalog, or moved away)
+    upserted: int  # movies to (re)infer
+    unchanged: int
+    full: bool
+    catalog_rows: int
+    max_votes: float
+    # the ids to infer on a nightly small enough to fetch only their embeddings; None: scan them all
+    fetch_ids: list[str] | None = field(default=None, repr=False)
+
+    @property
+    def deleted(self) -> int:
+        return sum(len(ids) for ids in self.delete.values())
+
+
+def _published_state(store: Store) -> pa.Table:
+    """movie_id, content_hash, model_version, _pub_table of everything published now."""
+    parts = []
+    for name, tbl in store.open_tables().items():
+        t = tbl.search().select(["movie_id", "content_hash", "model_version"]).limit(None).to_arrow()
+        parts.append(t.append_column("_pub_table", pa.array([name] * t.num_rows, pa.string())))
+    if not parts:
+        return pa.table({"movie_id": [], "content_hash": [], "model_version": [], "_pub_table": []})
+    return pa.concat_tables(parts)
+
+
+def diff(catalog: pa.Table, published: pa.Table, model_version: str) -> tuple[pa.Table, dict[str, list[str]], int]:
+    """(catalog rows to infer, table -> ids to delete, unchanged count). `catalog` carries TABLE; a movie is
+    stale when its content, the model or its table changed, and removed when only the published side has it."""
+    cat = catalog.select(["movie_id", "content_hash", TABLE]).to_pandas()
+    m = cat.merge(published.to_pandas(), on="movie_id", how="outer", suffixes=("", "_pub"), indicator=True)
+    both = m["_merge"] == "both"
+    moved = both & (m[TABLE] != m["_pub_table"])
+    stale = both & ((m["content_hash"] != m["content_hash_pub"]) | (m["model_version"] != model_version) | moved)
+    leaving = (m["_merge"] == "right_only") | moved
+    delete = {str(t): sorted(ids) for t, ids in m.loc[leaving].groupby("_pub_table")["movie_id"]}
+    upsert_ids = pa.array(m.loc[(m["_merge"] == "left_only") | stale, "movie_id"].tolist(), pa.string())
+    upsert = catalog.filter(pc.is_in(catalog["movie_id"], value_set=upsert_ids))
+    return upsert, delete, int((both & ~stale).sum())
+
+
+def _plan(
+    layout: RunLayout, cfg: StoreConfig, catch_all: str, model_version: str, full: bool
+) -> tuple[PublishPlan, pa.Table]:
+    catalog = read_catalog(layout, METADATA_COLUMNS)
+    if pc.count_distinct(catalog["movie_id"]).as_py() != catalog.num_rows:
+        counts = pc.value_counts(catalog["movie_id"])
+        twice = sorted(str(v) for v in counts.field("values").filter(pc.greater(counts.field("counts"), 1))[:5])
+        raise StoreError(f"{layout.movies}: movie_id is not unique (e.g. {twice}); the catalog stage must deduplicate")
+    key = cfg.partition_key
+    partitions = partition_tables(catalog[key], cfg)
+    catalog = catalog.append_column(TABLE, route(catalog[key], partitions, catch_all))
+    if full:
+        upsert, delete, unchanged = catalog, {}, 0
+    else:
+        upsert, delete, unchanged = diff(catalog, _published_state(Store(layout.store_dir)), model_version)
+    small = not full and upsert.num_rows <= DELTA_FILTER_MAX_IDS
+    plan = PublishPlan(
+        partitions=partitions,
+        targets=sorted(pc.unique(upsert[TABLE]).to_pylist()),
+        delete=delete,
+        upserted=upsert.num_rows,
+        unchanged=unchanged,
+        full=full,
+        catalog_rows=catalog.num_rows,
+        max_votes=float(pc.max(catalog["votes"]).as_py() or 0.0),
+        fetch_ids=upsert["movie_id"].to_pylist() if small else None,
+    )
+    return plan, upsert
+
+
+def plan_publish(
+    layout: RunLayout, cfg: StoreConfig, catch_all: str, model_version: str, full: bool
+) -> tuple[PublishPlan, ray.ObjectRef]:
+    """The plan, and a reference to the metadata (METADATA_COLUMNS + TABLE) of the movies to infer."""
+    task = ray.remote(num_returns=2, max_retries=1)(_plan)
+    plan_ref, upsert_ref = task.remote(layout, cfg, catch_all, model_version, full)
+    try:
+        return ray.get(plan_ref), upsert_ref
+    except ray.exceptions.RayTaskError as e:
+        # the task's own error (StoreError, a missing catalog), not Ray's wrapper around the remote traceback
+        raise (e.cause or e) from None

@@ -1,0 +1,67 @@
+"""A nightly publish costs what changed, and the publish plan (store/plan.py) runs in a Ray task: only the changed
+movies' embeddings are read, and a catalog the catalog stage should have deduplicated is refused by name."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+from factories import catalog_table
+from test_store import edit_overview, make_run, rewrite_catalog, write_embeddings
+
+from genre_ray.store import Store, StoreError, publish
+from genre_ray.store.plan import TABLE, diff
+
+
+def test_diff_classifies_new_edited_moved_removed_and_old_model_rows():
+    catalog = pa.table(
+        {
+            "movie_id": ["same", "new", "edited", "moved", "old-model"],
+            "content_hash": ["h", "h", "h2", "h", "h"],
+            TABLE: ["en", "en", "en", "fr", "en"],
+        }
+    )
+    published = pa.table(
+        {
+            "movie_id": ["same", "gone", "edited", "moved", "old-model"],
+            "content_hash": ["h", "h", "h", "h", "h"],
+            "model_version": ["m1", "m1", "m1", "m1", "m0"],
+            "_pub_table": ["en", "fr", "en", "en", "en"],
+        }
+    )
+    upsert, delete, unchanged = diff(catalog, published, "m1")
+    assert sorted(upsert["movie_id"].to_pylist()) == ["edited", "moved", "new", "old-model"]
+    # a moved movie is written to its new table and deleted from the old one; an edit is replaced in place
+    assert delete == {"en": ["moved"], "fr": ["gone"]}
+    assert unchanged == 1
+
+
+def test_a_small_nightly_reads_and_infers_only_the_changed_movies(ray_session, tmp_path):
+    catalog = catalog_table(60)
+    cfg, layout = make_run(tmp_path, catalog)
+    write_embeddings(layout, catalog)  # the embed stage's Lance dataset: publish reads it itself
+    first = publish(cfg, layout, run_id="r1")
+    assert first.full_rebuild and first.upserted == first.embeddings_read == 60
+
+    changed = {"1003", "1017", "1042"}
+    night = edit_overview(catalog, changed)
+    rewrite_catalog(layout, night)
+    write_embeddings(layout, night)  # 60 embeddings on disk, 3 of them new
+    second = publish(cfg, layout, run_id="r2")
+
+    assert not second.full_rebuild
+    assert (second.upserted, second.deleted, second.unchanged) == (3, 0, 57)
+    # only the 3 changed movies' embeddings were read and pushed through the spectrum map
+    assert second.embeddings_read == 3
+    s = Store(layout.store_dir)
+    served = dict(zip(*s.scan(["movie_id", "content_hash"]).to_pydict().values(), strict=True))
+    assert served == dict(zip(night["movie_id"].to_pylist(), night["content_hash"].to_pylist(), strict=True))
+
+
+def test_a_catalog_with_a_repeated_id_is_refused_before_any_write(ray_session, tmp_path):
+    catalog = catalog_table(20)
+    twice = pa.concat_tables([catalog, catalog.slice(7, 1)])
+    cfg, layout = make_run(tmp_path, twice)
+    write_embeddings(layout, catalog)
+    with pytest.raises(StoreError, match=r"movie_id is not unique \(e\.g\. \['1007'\]\)"):
+        publish(cfg, layout, run_id="r1")
+    assert Store(layout.store_dir).manifest() is None
