@@ -4,8 +4,8 @@ Storage is one Lance dataset (`embeddings_uri(layout)`), chosen over Parquet gen
 atomic versions: a run that crashes before its commit leaves the previous version exactly as it was, and an
 incremental run commits only the changed rows (one merge_insert that upserts new/changed movies and deletes
 removed ones in the same version) instead of rewriting the whole table. A full (re)build is written in parallel by
-the Ray workers through `lance_ray.write_lance`, so neither path funnels the full table through the driver; the
-driver only diffs two key columns (movie_id, content_hash).
+the Ray workers through `lance_ray.write_lance`, so neither path funnels the full table through the driver; one Ray
+task diffs the two key columns (movie_id, content_hash) and hands the driver only the ids that changed.
 """
 
 from __future__ import annotations
@@ -229,9 +229,13 @@ class EmbedStats:
 
 @dataclass(frozen=True)
 class _Diff:
-    to_embed: pa.Array  # movie_ids whose (movie_id, content_hash) is not stored yet
+    to_embed: pa.Array | None  # movie_ids whose (movie_id, content_hash) is not stored yet; None: all `total`
     removed: pa.Array  # stored movie_ids no longer in the catalog
     total: int
+
+    @property
+    def n_embed(self) -> int:
+        return self.total if self.to_embed is None else len(self.to_embed)
 
 
 def _diff(catalog_keys: pa.Table, stored_keys: pa.Table) -> _Diff:
@@ -253,6 +257,17 @@ def _current_keys(stored: lance.LanceDataset, enc_id: str) -> pa.Table:
     same = pc.equal(keys["encoder_id"], enc_id)
     hashes = pc.if_else(same, keys["content_hash"], pa.scalar(None, keys.schema.field("content_hash").type))
     return pa.table({"movie_id": keys["movie_id"], "content_hash": hashes})
+
+
+def _plan(layout: RunLayout, uri: StoragePath, enc_id: str, out_schema: pa.Schema, incremental: bool) -> _Diff:
+    """What to embed (runs as a Ray task: the catalog's keys never reach the driver). `to_embed` is None when every
+    movie is to be embedded: nothing stored, another schema, incremental off, or every document changed."""
+    catalog_keys = read_catalog(layout, ["movie_id", "content_hash"])
+    stored = _stored(uri) if incremental else None
+    if stored is None or not stored.schema.equals(out_schema):
+        return _Diff(None, pa.array([], pa.string()), catalog_keys.num_rows)
+    diff = _diff(catalog_keys, _current_keys(stored, enc_id))
+    return diff if len(diff.to_embed) < diff.total else _Diff(None, diff.removed, diff.total)
 
 
 def _sql_in(column: str, values: pa.Array) -> str:
@@ -278,17 +293,12 @@ def embed_catalog(cfg: Config, layout: RunLayout) -> EmbedStats:
     # The id of what this run's actors will produce: the CPU backend (torch / onnx-int8) is part of it.
     enc_id = encoder_id_for(cfg.encoder, full_plan.device)
 
-    catalog_keys = read_catalog(layout, ["movie_id", "content_hash"])
+    diff = ray.get(ray.remote(max_retries=1)(_plan).remote(layout, uri, enc_id, out_schema, cfg.embed.incremental))
     stored = _stored(uri)
-    incremental = cfg.embed.incremental and stored is not None and stored.schema.equals(out_schema)
-    if incremental:
-        diff = _diff(catalog_keys, _current_keys(stored, enc_id))
-    else:
-        diff = _Diff(catalog_keys["movie_id"].combine_chunks(), pa.array([], pa.string()), catalog_keys.num_rows)
-    n_embed, n_removed = len(diff.to_embed), len(diff.removed)
     # Reusing nothing: a parallel full write beats funnelling every row through the driver's merge_insert.
-    full = not incremental or n_embed == diff.total
-    if incremental and n_embed == 0 and n_removed == 0:
+    full = diff.to_embed is None
+    n_embed, n_removed = diff.n_embed, len(diff.removed)
+    if not full and n_embed == 0 and n_removed == 0:
         assert stored is not None
         stats = _stats(start, diff, 0, 0, None, {}, "unchanged", stored.version, enc_id)
         log.info("%s", stats.summary())

@@ -85,10 +85,6 @@ def _served(workdir: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    os.environ.get("GENRE_RAY_MULTINODE") != "1",
-    reason="opt-in (GENRE_RAY_MULTINODE=1): 5 min on 2 cores and not yet steady under load, see the README",
-)
 def test_three_node_cluster_spreads_work_and_publishes_the_single_node_store(ray_session, tmp_path) -> None:
     source = tmp_path / "catalog.jsonl"
     rows = catalog_rows(160)
@@ -101,7 +97,10 @@ def test_three_node_cluster_spreads_work_and_publishes_the_single_node_store(ray
     encoder = _tiny_encoder(tmp_path / "encoder")
 
     multi = _overrides(tmp_path, "multi", source, encoder)
+    # Placement is forced, not left to Ray's best effort: training ranks SPREAD, and every encoder and spectrum
+    # actor takes a whole CPU of a 1-CPU node, so two of them cannot share one.
     multi["train.placement_strategy"] = "SPREAD"
+    multi["store.spectrum_cpus"] = 1.0
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     env.pop("RAY_ADDRESS", None)
     cfg_multi = load_config(None, multi)

@@ -1,9 +1,9 @@
 """The served store: LanceDB tables per partition, manifest-based publish / rollback, one writer at a time.
 
 Modules, one job each: `partitions` (which table serves a movie; index parameters), `manifest` (what readers see;
-the publish history), `lease` (the single-writer lease), `reader` (Store: search and lookups), `writer` (publish),
-`maintenance` (compaction, retention, status), `models` (the store's copies of served models), `recall` (ANN
-recall of the served indexes).
+the publish history), `lease` (the single-writer lease), `reader` (Store: search and lookups), `plan` (what a
+publish changes, decided in one Ray task), `writer` (publish), `maintenance` (compaction, retention, status),
+`models` (the store's copies of served models), `recall` (ANN recall of the served indexes).
 """
 
 from genre_ray.store.errors import LeaseError, StoreError
