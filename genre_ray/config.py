@@ -154,8 +154,9 @@ class StoreConfig(Section):
     index_min_rows: int = Field(4_096, ge=1)
     nprobes: int = Field(20, gt=0)
     refine_factor: int = Field(20, ge=1)
-    # spectrum stage: rows per model batch; actors (0 = one per 2 cluster CPUs, at least 1)
-    spectrum_batch_size: int = Field(1024, gt=0)
+    # spectrum stage: rows per model batch (also the served rows' block size, and each block is a task in every
+    # table's write, so not too small); actors (0 = one per 2 cluster CPUs, at least 1)
+    spectrum_batch_size: int = Field(8192, gt=0)
     spectrum_actors: int = Field(0, ge=0)
     spectrum_cpus: float = Field(0.5, gt=0)
     # publishes kept for rollback; Lance versions and model copies only older publishes used are removed

@@ -98,7 +98,8 @@ def compute_spectrum(
     `metadata` may already be in the object store (a reference to a table with at least METADATA_COLUMNS).
     """
     ref = ray.put(metadata.select(METADATA_COLUMNS)) if isinstance(metadata, pa.Table) else metadata
-    return embeddings.select_columns(["movie_id", "content_hash", "embedding"]).map_batches(
+    # no select_columns here: a projection is a task per block; callers read only what the join needs
+    return embeddings.map_batches(
         SpectrumMapper,
         fn_constructor_kwargs={
             # the path itself, not its string: an object-store path carries its storage settings to the actors

@@ -99,20 +99,12 @@ class PublishResult:
 
 def _load_embeddings(layout: RunLayout, ids: list[str] | None) -> ray.data.Dataset:
     """The embed stage's output; only the rows of `ids` when given (a small nightly delta), not every embedding."""
-    import lance_ray
+    from genre_ray.embed import load_embeddings  # helper stage: the store reads it only here
 
-    from genre_ray.embed import embeddings_uri, load_embeddings  # helper stage: the store reads it only here
-
-    if ids is None:
-        return load_embeddings(layout)
-    uri = embeddings_uri(layout)
-    fetched = lance_ray.read_lance(
-        str(uri),
-        columns=["movie_id", "content_hash", "embedding"],
-        filter=sql_in("movie_id", ids),
-        storage_options=storage.lance_options(uri),
-    )
-    return fetched.materialize()  # at most DELTA_FILTER_MAX_IDS rows, counted and inferred from one read
+    where = sql_in("movie_id", ids) if ids is not None else None
+    embeddings = load_embeddings(layout, ["movie_id", "content_hash", "embedding"], where)
+    # a fetch is at most DELTA_FILTER_MAX_IDS rows: materialised, it is counted and inferred from one read
+    return embeddings.materialize() if where else embeddings
 
 
 def _spectrum_rows(

@@ -42,14 +42,15 @@ def labelled_movies(layout: RunLayout, embeddings: ray.data.Dataset | pa.Table |
     from genre_ray.embed import load_embeddings  # the embed stage's reader: one place knows its storage format
 
     if embeddings is None:
-        embeddings = load_embeddings(layout)
+        vectors = load_embeddings(layout, ["movie_id", "embedding"])  # projected by the scan, not a task per block
     elif isinstance(embeddings, pa.Table):
-        embeddings = ray.data.from_arrow(embeddings)
-    labels = load_catalog(layout).select_columns(["movie_id", "genres", "no_genres"])
+        vectors = ray.data.from_arrow(embeddings.select(["movie_id", "embedding"]))
+    else:
+        vectors = embeddings.select_columns(["movie_id", "embedding"])
+    labels = load_catalog(layout, ["movie_id", "genres", "no_genres"])
     labels = labels.map_batches(_labelled_only, batch_format="pyarrow")
-    # counted before the projection, so a Lance or Parquet source can answer from its metadata
-    partitions = max(1, math.ceil(embeddings.count() / JOIN_ROWS_PER_PARTITION))
-    vectors = embeddings.select_columns(["movie_id", "embedding"])
+    # a Lance or in-memory source answers from its metadata
+    partitions = max(1, math.ceil(vectors.count() / JOIN_ROWS_PER_PARTITION))
     return labels.join(vectors, join_type="inner", num_partitions=partitions, on=("movie_id",))
 
 
