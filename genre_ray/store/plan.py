@@ -42,7 +42,6 @@ class PublishPlan:
     upserted: int  # movies to (re)infer
     unchanged: int
     full: bool
-    catalog_rows: int
     max_votes: float
     # the ids to infer on a nightly small enough to fetch only their embeddings; None: scan them all
     fetch_ids: list[str] | None = field(default=None, repr=False)
@@ -101,7 +100,6 @@ def _plan(
         upserted=upsert.num_rows,
         unchanged=unchanged,
         full=full,
-        catalog_rows=catalog.num_rows,
         max_votes=float(pc.max(catalog["votes"]).as_py() or 0.0),
         fetch_ids=upsert["movie_id"].to_pylist() if small else None,
     )

@@ -368,7 +368,8 @@ def _write(
             store.db.open_table(table).delete(sql_in("movie_id", ids))
             touched.add(table)
 
-    for table in plan.targets if rows is not None else []:
+    for table in plan.targets:  # none when nothing is inferred, and only then is `rows` None
+        assert rows is not None
         part = _rows_for(rows, table, *routing, dim)
         if table in published:
             # Nightly path: the delta is small, so it is collected and upserted in one merge_insert commit.

@@ -41,16 +41,17 @@ def labelled_movies(layout: RunLayout, embeddings: ray.data.Dataset | pa.Table |
     from genre_ray.catalog import load_catalog
     from genre_ray.embed import load_embeddings  # the embed stage's reader: one place knows its storage format
 
+    # each source counted before any projection, so Lance and in-memory sources answer from their metadata
     if embeddings is None:
         vectors = load_embeddings(layout, ["movie_id", "embedding"])  # projected by the scan, not a task per block
+        rows = vectors.count()
     elif isinstance(embeddings, pa.Table):
-        vectors = ray.data.from_arrow(embeddings.select(["movie_id", "embedding"]))
+        vectors, rows = ray.data.from_arrow(embeddings.select(["movie_id", "embedding"])), embeddings.num_rows
     else:
-        vectors = embeddings.select_columns(["movie_id", "embedding"])
+        vectors, rows = embeddings.select_columns(["movie_id", "embedding"]), embeddings.count()
+    partitions = max(1, math.ceil(rows / JOIN_ROWS_PER_PARTITION))
     labels = load_catalog(layout, ["movie_id", "genres", "no_genres"])
     labels = labels.map_batches(_labelled_only, batch_format="pyarrow")
-    # a Lance or in-memory source answers from its metadata
-    partitions = max(1, math.ceil(vectors.count() / JOIN_ROWS_PER_PARTITION))
     return labels.join(vectors, join_type="inner", num_partitions=partitions, on=("movie_id",))
 
 
