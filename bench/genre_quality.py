@@ -1,6 +1,7 @@
 """Genre-classifier quality on the embedded TMDB catalog, with and without mixup.
 
     python -m bench.genre_quality [--from-run WORKDIR] [--epochs N] [--set KEY=JSON] [--embed-only]
+                                  [--seeds 0,1,2,3,4] [--only mixup|no-mixup]
 
 --from-run reads a pipeline run's outputs (normalised catalog + embed stage vectors, as train_classifier does).
 Without it the script is stand-alone: it reads the TMDB CSV with pandas, builds the documents with
@@ -8,6 +9,9 @@ genre_ray.text.DocumentBuilder (default TextConfig), embeds them once with MiniL
 max 256 tokens: the EncoderConfig defaults) and caches the matrix under runs/cache/. Either way it trains through the
 real Ray Train path (genre_ray.train.train_on_table), with and without mixup, and reports micro-F1 / macro-F1 / mAP
 on the seeded 20% held-out test split (genre_ray.split), which training never sees.
+
+--seeds trains once per train.seed (initial weights, shuffles, mixup draws) on the same split and adds the mean and
+standard deviation over seeds: the spread to read any single run's difference against.
 """
 
 from __future__ import annotations
@@ -111,6 +115,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="train.KEY=VALUE override (JSON value)")
     parser.add_argument("--parts", type=json.loads, default=None, help="text.parts override (JSON list)")
     parser.add_argument("--from-run", default=None, help="a pipeline workdir with catalog/ and embeddings/")
+    parser.add_argument("--seeds", default=None, help="train.seed values, comma separated (default: the run's seed)")
+    parser.add_argument("--only", choices=("mixup", "no-mixup"), default=None, help="train one recipe only")
     args = parser.parse_args()
 
     from genre_ray.layout import RunLayout
@@ -136,23 +142,44 @@ def main() -> None:
         overrides["epochs"] = args.epochs
     init_ray(base.ray)
     results = []
-    for name, factor in (("mixup", base.train.mixup_factor or 10), ("no mixup", 0)):
-        train = base.train.model_validate({**base.train.model_dump(), **overrides, "mixup_factor": factor})
-        cfg = base.model_copy(update={"train": train})
-        layout = RunLayout.of(REPO_ROOT / "runs" / "quality" / name.replace(" ", "_"))
-        result = train_on_table(cfg, layout, table)
-        print(result.summary())
-        results.append((name, cfg, result))
+    recipes = [("mixup", base.train.mixup_factor or 10), ("no mixup", 0)]
+    recipes = [r for r in recipes if args.only in (None, r[0].replace(" ", "-"))]
+    seeds: list[int | None] = [int(x) for x in args.seeds.split(",")] if args.seeds else [None]
+    for name, factor in recipes:
+        for seed in seeds:
+            train = base.train.model_validate(
+                {**base.train.model_dump(), **overrides, "mixup_factor": factor, "seed": seed}
+            )
+            cfg = base.model_copy(update={"train": train})
+            layout = RunLayout.of(REPO_ROOT / "runs" / "quality" / name.replace(" ", "_"))
+            result = train_on_table(cfg, layout, table)
+            print(result.summary())
+            results.append((name, seed, cfg, result))
 
     print(f"\ndata: {source}")
-    print("| run | mixup (alpha, factor) | best epoch | val mAP | test micro-F1 | test macro-F1 | test mAP | seconds |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name, cfg, r in results:
+    print(
+        "| run | train.seed | mixup (alpha, factor) | best epoch | val mAP | test micro-F1 | test macro-F1 | test mAP "
+        "| seconds |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, seed, cfg, r in results:
         t = r.test_metrics
         print(
-            f"| {name} | {cfg.train.mixup_alpha}, {cfg.train.mixup_factor} | {r.best_epoch} | {r.metrics['map']:.3f} "
-            f"| {t['micro_f1']:.3f} | {t['macro_f1']:.3f} | {t['map']:.3f} | {r.seconds:.0f} |"
+            f"| {name} | {base.seed if seed is None else seed} | {cfg.train.mixup_alpha}, {cfg.train.mixup_factor} "
+            f"| {r.best_epoch} | {r.metrics['map']:.3f} | {t['micro_f1']:.3f} | {t['macro_f1']:.3f} | {t['map']:.3f} "
+            f"| {r.seconds:.0f} |"
         )
+    if len(seeds) > 1:
+        print("\nover seeds, mean +- sample standard deviation:\n")
+        print("| run | seeds | test micro-F1 | test macro-F1 | test mAP |")
+        print("| --- | --- | --- | --- | --- |")
+        for name, _ in recipes:
+            runs = [r.test_metrics for n, _, _, r in results if n == name]
+            cells = [
+                f"{np.mean([m[k] for m in runs]):.3f} +- {np.std([m[k] for m in runs], ddof=1):.3f}"
+                for k in ("micro_f1", "macro_f1", "map")
+            ]
+            print(f"| {name} | {len(runs)} | {' | '.join(cells)} |")
 
 
 if __name__ == "__main__":

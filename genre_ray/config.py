@@ -133,6 +133,9 @@ class TrainConfig(Section):
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     use_gpu: Literal["auto", "yes", "no"] = "auto"
     max_failures: int = Field(2, ge=0)
+    # seed of the initial weights, shuffles and mixup draws; None = the run's `seed`. The train / val / test split
+    # always follows the run's seed, so another train.seed retrains on the same held-out movies (seed-to-seed spread)
+    seed: int | None = None
     # A genre enters the vocabulary with >= max(min_genre_count, min_genre_fraction x training movies) of them: with
     # fewer the head's output is noise and a spectrum dimension is wasted on it (TMDB: 1% drops TV Movie, Foreign).
     min_genre_count: int = Field(1, ge=1)

@@ -148,6 +148,16 @@ def test_resume_after_injected_failure_runs_same_epochs(small_run, uninterrupted
     assert [h["epoch"] for h in result.history] == list(range(EPOCHS))
 
 
+def test_train_seed_retrains_on_the_same_split(small_run, uninterrupted: TrainResult, tmp_path) -> None:
+    _, _, embeddings = small_run
+    layout = RunLayout.of(tmp_path)
+    write_catalog(catalog_table(240), layout.movies)
+    result = train_classifier(small_config(tmp_path, seed=7), layout, embeddings)
+    assert result.movies == uninterrupted.movies  # the held-out split follows the run's seed, not train.seed
+    assert load_classifier(layout.model_dir).split == load_classifier(small_run[0].model_dir).split
+    assert result.model_version != uninterrupted.model_version  # other initial weights, shuffles and mixup draws
+
+
 def test_worker_plan_leaves_cpu_for_the_data_pipeline(ray_session) -> None:
     cfg = Config().train  # the session node: 2 CPUs, no GPU
     workers, resources, use_gpu = worker_plan(cfg, n_train=10_000)

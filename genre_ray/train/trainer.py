@@ -103,7 +103,7 @@ def build_trainer(
     loop_config = {
         "train": tc.model_dump(),
         "spec": spec_for(cfg, data.input_dim, len(data.genres)).__dict__,
-        "seed": cfg.seed,
+        "seed": cfg.seed if tc.seed is None else tc.seed,
         "pos_weight": data.vocab.positive_weights() if tc.pos_weight else None,
         "cache_shard": cache,
         **(extra or {}),
