@@ -27,7 +27,7 @@ from genre_ray.catalog import load_catalog, read_catalog
 from genre_ray.config import Config, EmbedConfig, EncoderConfig
 from genre_ray.encoder import EncodeStats, TextEncoder, encoder_dim, encoder_id_for
 from genre_ray.layout import RunLayout
-from genre_ray.runtime import init_ray
+from genre_ray.runtime import in_workers, init_ray
 from genre_ray.storage import StoragePath
 
 log = logging.getLogger(__name__)
@@ -297,7 +297,7 @@ def embed_catalog(cfg: Config, layout: RunLayout) -> EmbedStats:
     # The id of what this run's actors will produce: the CPU backend (torch / onnx-int8) is part of it.
     enc_id = encoder_id_for(cfg.encoder, full_plan.device)
 
-    diff = ray.get(ray.remote(max_retries=1)(_plan).remote(layout, uri, enc_id, out_schema, cfg.embed.incremental))
+    (diff,) = in_workers(_plan, [(layout, uri, enc_id, out_schema, cfg.embed.incremental)])
     stored = _stored(uri)
     # Reusing nothing: a parallel full write beats funnelling every row through the driver's merge_insert.
     full = diff.to_embed is None

@@ -7,8 +7,10 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import ray
 from ray.data import DataContext
@@ -198,6 +200,22 @@ def _missing_job_env_vars(wanted: dict[str, str]) -> dict[str, str]:
         return dict(wanted)
     job_env = (json.loads(raw).get("runtime_env") or {}).get("env_vars") or {}
     return {k: v for k, v in wanted.items() if k not in job_env}
+
+
+def in_workers(fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]], **options: Any) -> list[Any]:
+    """fn(*args) for each args in `calls`, as Ray tasks running side by side; their results in order.
+
+    Work that reads or rewrites a whole dataset (plans, Lance compaction and index builds) runs next to the data in a
+    worker, not in the driver, whose memory must stay flat at any catalog size. Each task gets a fresh worker process
+    that exits after it (max_calls=1), so Lance's native buffers and the allocator's cache go with it. A failing task
+    raises its own exception (StoreError, a missing file), not Ray's wrapper around the remote traceback.
+    """
+    task = ray.remote(**{"max_retries": 1, "max_calls": 1, **options})(fn)
+    refs = [task.remote(*args) for args in calls]
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as e:
+        raise (e.cause or e) from None
 
 
 def cluster_gpus() -> float:

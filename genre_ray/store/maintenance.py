@@ -22,6 +22,8 @@ import lancedb
 
 from genre_ray import storage
 from genre_ray.layout import RunLayout
+from genre_ray.runtime import in_workers
+from genre_ray.storage import StoragePath
 from genre_ray.store import manifest as manifests
 from genre_ray.store import models
 from genre_ray.store.partitions import table_names
@@ -55,6 +57,14 @@ def _prune_versions(ds: lance.LanceDataset, keep: dict[str, int]) -> int:
     return int(stats.old_versions)
 
 
+def _compact_embeddings(uri: StoragePath) -> int:
+    """Compact the embeddings dataset and drop its old versions (nothing rolls back to old embeddings)."""
+    from genre_ray.embed import open_embeddings
+
+    open_embeddings(uri).optimize.compact_files()
+    return _prune_versions(open_embeddings(uri), {})
+
+
 def retain(store: Store, keep_publishes: int, layout: RunLayout | None = None) -> dict[str, Any]:
     """Prune the history to the newest `keep_publishes` publishes (+ the current one) and everything only older
     publishes referenced. Returns what was removed."""
@@ -76,12 +86,12 @@ def retain(store: Store, keep_publishes: int, layout: RunLayout | None = None) -
         ds = store.db.open_table(name).to_lance()
         versions_removed += _prune_versions(ds, refs)
     if layout is not None:
-        from genre_ray.embed import embeddings_uri, open_embeddings
+        from genre_ray.embed import embeddings_uri
 
         uri = embeddings_uri(layout)
         if uri.exists():
-            open_embeddings(uri).optimize.compact_files()
-            versions_removed += _prune_versions(open_embeddings(uri), {})
+            # a rewrite of the catalog's embeddings: in a worker, never in the driver
+            versions_removed += in_workers(_compact_embeddings, [(uri,)])[0]
     removed_models = models.prune_models(store.dir, {m["model_version"] for m in kept})
     if dropped or versions_removed:
         log.info(

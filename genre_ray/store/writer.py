@@ -36,8 +36,9 @@ from genre_ray import schema, storage
 from genre_ray.config import Config, StoreConfig
 from genre_ray.layout import RunLayout
 from genre_ray.model import load_classifier
-from genre_ray.runtime import NodeLog, cluster_cpus, init_ray
+from genre_ray.runtime import NodeLog, cluster_cpus, in_workers, init_ray
 from genre_ray.spectrum import compute_spectrum
+from genre_ray.storage import StoragePath
 from genre_ray.store import maintenance, models
 from genre_ray.store import manifest as manifests
 from genre_ray.store.errors import StoreError
@@ -194,6 +195,20 @@ def _index(tbl: lancedb.table.Table, cfg: StoreConfig, dim: int, full: bool) -> 
     return True
 
 
+def _finish_table(store_dir: StoragePath, name: str, cfg: StoreConfig, dim: int, full: bool) -> dict[str, Any]:
+    """Compact and index a table that got a new version; what the manifest records of it. Runs as a Ray task: at
+    catalog scale these rewrite and read the whole table, which the driver must never hold."""
+    store = Store(store_dir)
+    tbl = store.db.open_table(name)
+    n = tbl.count_rows()
+    if n == 0:
+        return {"rows": 0, "indexed": False, "version": tbl.version}
+    maintenance.compact(tbl)
+    indexed = _index(store.db.open_table(name), cfg, dim, full)
+    # Re-open: compaction and index maintenance commit through the Lance dataset rather than this handle.
+    return {"rows": n, "indexed": indexed, "version": store.db.open_table(name).version}
+
+
 def _restore_published(store: Store, manifest: Mapping[str, Any] | None) -> None:
     """Undo whatever an interrupted run wrote after the last switch: tables back to their manifest versions."""
     if manifest is None:
@@ -294,21 +309,19 @@ def publish(
         embeddings_read = embeddings.count()  # a Lance scan answers from its metadata; a fetch is read once
         rows, spectrum_nodes = _spectrum_rows(cfg, layout.model_dir, embeddings, plan, upsert)
 
-    touched = _write(store, rows, plan, previous, (key, plan.partitions, catch_all), dim)
+    touched = sorted(_write(store, rows, plan, previous, (key, plan.partitions, catch_all), dim))
+    # one task per touched table, side by side: each table is its own Lance dataset, so they never conflict
+    finished = in_workers(_finish_table, [(store.dir, name, cfg.store, dim, plan.full) for name in touched], num_cpus=1)
     tables: dict[str, dict[str, Any]] = {}
     old_tables = previous["tables"] if previous and not plan.full else {}
     for name in sorted(set(old_tables) | set(touched)):
-        tbl = store.db.open_table(name)
-        n = tbl.count_rows()
-        if n == 0:
-            continue  # every movie moved out or was removed: no longer published (the data stays for rollback)
         if name in touched:
-            maintenance.compact(tbl)
-            indexed = _index(store.db.open_table(name), cfg.store, dim, plan.full)
+            info = finished[touched.index(name)]
         else:
-            indexed = old_tables[name]["indexed"]
-        # Re-open: compaction and index maintenance commit through the Lance dataset rather than this handle.
-        tables[name] = {"rows": n, "indexed": indexed, "version": store.db.open_table(name).version}
+            tbl = store.db.open_table(name)
+            info = {"rows": tbl.count_rows(), "indexed": old_tables[name]["indexed"], "version": tbl.version}
+        if info["rows"]:  # a table every movie moved out of is no longer published (the data stays for rollback)
+            tables[name] = info
 
     models.keep_model(store.dir, layout.model_dir, loaded.model_version)
     manifest = {
