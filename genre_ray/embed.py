@@ -28,6 +28,7 @@ from genre_ray.config import Config, EmbedConfig, EncoderConfig
 from genre_ray.encoder import EncodeStats, TextEncoder, encoder_dim, encoder_id_for
 from genre_ray.layout import RunLayout
 from genre_ray.runtime import in_workers, init_ray
+from genre_ray.sql import sql_in
 from genre_ray.storage import StoragePath
 
 log = logging.getLogger(__name__)
@@ -274,11 +275,6 @@ def _plan(layout: RunLayout, uri: StoragePath, enc_id: str, out_schema: pa.Schem
     return diff if len(diff.to_embed) < diff.total else _Diff(None, diff.removed, diff.total)
 
 
-def _sql_in(column: str, values: pa.Array) -> str:
-    quoted = ",".join("'" + str(v).replace("'", "''") + "'" for v in values.to_pylist())
-    return f"{column} IN ({quoted})"
-
-
 def _stored(uri: StoragePath) -> lance.LanceDataset | None:
     try:
         return open_embeddings(uri)
@@ -336,7 +332,7 @@ def embed_catalog(cfg: Config, layout: RunLayout) -> EmbedStats:
         )
     else:
         assert stored is not None
-        stored.delete(_sql_in("movie_id", diff.removed))
+        stored.delete(sql_in("movie_id", diff.removed.to_pylist()))
     version = open_embeddings(uri).version
     stats = _stats(start, diff, n_embed, n_removed, plan, totals, "full" if full else "incremental", version, enc_id)
     log.info("%s", stats.summary())
@@ -352,7 +348,7 @@ def _upsert(stored: lance.LanceDataset, vectors: ray.data.Dataset, out_schema: p
 
     merge = stored.merge_insert("movie_id").when_matched_update_all().when_not_matched_insert_all()
     if len(removed):
-        merge = merge.when_not_matched_by_source_delete(_sql_in("movie_id", removed))
+        merge = merge.when_not_matched_by_source_delete(sql_in("movie_id", removed.to_pylist()))
     merge.execute(pa.RecordBatchReader.from_batches(out_schema, batches()))
 
 

@@ -6,10 +6,11 @@ publish changes, decided in one Ray task), `writer` (publish), `maintenance` (co
 `models` (the store's copies of served models), `recall` (ANN recall of the served indexes).
 """
 
+from genre_ray.sql import sql_in, sql_str
 from genre_ray.store.errors import LeaseError, StoreError
 from genre_ray.store.lease import writer_lease
 from genre_ray.store.partitions import ivf_pq_params, partition_tables, route, table_name, table_names
-from genre_ray.store.reader import RESULT_COLUMNS, TITLE_KEY, VECTOR, Filters, Store, sql_in, sql_str, title_key
+from genre_ray.store.reader import RESULT_COLUMNS, TITLE_KEY, VECTOR, Filters, Store, title_key
 from genre_ray.store.writer import PublishResult, publish
 
 __all__ = [

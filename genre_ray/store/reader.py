@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from genre_ray import schema, storage
+from genre_ray.sql import sql_in, sql_str
 from genre_ray.storage import StoragePath
 from genre_ray.store import manifest as manifests
 from genre_ray.store.errors import StoreError
@@ -25,14 +26,6 @@ TITLE_KEY = "title_key"
 SUGGEST_POOL = 200
 # Columns a query returns besides the distance (the vector only when the caller needs it, e.g. for MMR).
 RESULT_COLUMNS = ["movie_id", "title", "year", "language", "genres", "popularity", "votes", "genre_probs"]
-
-
-def sql_str(value: str) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def sql_in(column: str, values: Iterable[str]) -> str:
-    return f"{column} IN ({', '.join(sql_str(v) for v in values)})"
 
 
 def title_key(title: str) -> str:

@@ -38,13 +38,14 @@ from genre_ray.layout import RunLayout
 from genre_ray.model import load_classifier
 from genre_ray.runtime import NodeLog, cluster_cpus, in_workers, init_ray
 from genre_ray.spectrum import compute_spectrum
+from genre_ray.sql import sql_in
 from genre_ray.storage import StoragePath
 from genre_ray.store import maintenance, models
 from genre_ray.store import manifest as manifests
 from genre_ray.store.errors import StoreError
 from genre_ray.store.partitions import ivf_pq_params, route, table_name, table_names
 from genre_ray.store.plan import PublishPlan, plan_publish
-from genre_ray.store.reader import TITLE_KEY, VECTOR, Store, sql_in
+from genre_ray.store.reader import TITLE_KEY, VECTOR, Store
 
 log = logging.getLogger(__name__)
 
