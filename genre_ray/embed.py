@@ -322,8 +322,8 @@ def embed_catalog(cfg: Config, layout: RunLayout) -> EmbedStats:
                 storage_options=storage.lance_options(uri),
             )
         else:
-            assert stored is not None
-            _upsert(stored, vectors, out_schema, diff.removed)
+            # the merge joins the delta against every stored key: a worker's job at catalog scale, not the driver's
+            in_workers(_upsert, [(uri, list(vectors.to_arrow_refs()), out_schema, diff.removed)])
         totals = ray.get(meter.totals.remote())
         ray.kill(meter)
     elif full:  # an empty catalog: still leave a typed, readable (empty) embeddings dataset
@@ -339,14 +339,14 @@ def embed_catalog(cfg: Config, layout: RunLayout) -> EmbedStats:
     return stats
 
 
-def _upsert(stored: lance.LanceDataset, vectors: ray.data.Dataset, out_schema: pa.Schema, removed: pa.Array) -> None:
-    """One commit: changed/new rows upserted by movie_id, removed movies deleted. Only the delta streams through."""
+def _upsert(uri: StoragePath, delta: list[ray.ObjectRef], out_schema: pa.Schema, removed: pa.Array) -> None:
+    """One commit: changed/new rows (`delta`, the embedded blocks) upserted by movie_id, removed movies deleted."""
 
     def batches():
-        for table in vectors.iter_batches(batch_format="pyarrow", batch_size=None):
-            yield from table.cast(out_schema).to_batches()
+        for ref in delta:
+            yield from ray.get(ref).cast(out_schema).to_batches()
 
-    merge = stored.merge_insert("movie_id").when_matched_update_all().when_not_matched_insert_all()
+    merge = open_embeddings(uri).merge_insert("movie_id").when_matched_update_all().when_not_matched_insert_all()
     if len(removed):
         merge = merge.when_not_matched_by_source_delete(sql_in("movie_id", removed.to_pylist()))
     merge.execute(pa.RecordBatchReader.from_batches(out_schema, batches()))

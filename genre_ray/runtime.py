@@ -205,12 +205,12 @@ def _missing_job_env_vars(wanted: dict[str, str]) -> dict[str, str]:
 def in_workers(fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]], **options: Any) -> list[Any]:
     """fn(*args) for each args in `calls`, as Ray tasks running side by side; their results in order.
 
-    Work that reads or rewrites a whole dataset (plans, Lance compaction and index builds) runs next to the data in a
-    worker, not in the driver, whose memory must stay flat at any catalog size. Each task gets a fresh worker process
-    that exits after it (max_calls=1), so Lance's native buffers and the allocator's cache go with it. A failing task
-    raises its own exception (StoreError, a missing file), not Ray's wrapper around the remote traceback.
+    Work that reads or rewrites a whole dataset (plans, merges, Lance compaction and index builds) runs next to the
+    data in a worker, not in the driver, whose memory must stay flat at any catalog size. Workers are pooled, not
+    fresh per task: a fresh process (max_calls=1) re-imports torch and Lance for every table, which doubled a 100k
+    publish on 2 cores. A failing task raises its own exception (StoreError, a missing file), not Ray's wrapper.
     """
-    task = ray.remote(**{"max_retries": 1, "max_calls": 1, **options})(fn)
+    task = ray.remote(**{"max_retries": 1, **options})(fn)
     refs = [task.remote(*args) for args in calls]
     try:
         return ray.get(refs)

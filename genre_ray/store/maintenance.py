@@ -32,11 +32,20 @@ from genre_ray.store.reader import Store
 log = logging.getLogger(__name__)
 
 TAG_PREFIX = "pub-"
+# Fragments at least this big are left alone by compaction (unless a tenth of their rows are deleted). Lance's own
+# default (1M rows) made every nightly rewrite a whole 1M-row table or embeddings dataset: a full write leaves one
+# fragment of just under 1M rows, which counted as small, so the night's new small fragment was merged into it.
+COMPACT_TARGET_ROWS = 256 * 1024
+
+
+def compact_dataset(ds: lance.LanceDataset, target_rows: int = COMPACT_TARGET_ROWS) -> Any:
+    """Merge adjacent fragments smaller than `target_rows` and materialise deletions above a tenth of a fragment
+    (one new version, same rows; indexes are remapped). Returns Lance's compaction metrics."""
+    return ds.optimize.compact_files(target_rows_per_fragment=target_rows)
 
 
 def compact(tbl: lancedb.table.Table) -> None:
-    """Merge small fragments and materialise deletions (one new version, same rows; indexes are remapped)."""
-    metrics = tbl.to_lance().optimize.compact_files()
+    metrics = compact_dataset(tbl.to_lance())
     if metrics.fragments_removed:
         log.info(
             "table %s: compacted %d fragments into %d", tbl.name, metrics.fragments_removed, metrics.fragments_added
@@ -61,7 +70,7 @@ def _compact_embeddings(uri: StoragePath) -> int:
     """Compact the embeddings dataset and drop its old versions (nothing rolls back to old embeddings)."""
     from genre_ray.embed import open_embeddings
 
-    open_embeddings(uri).optimize.compact_files()
+    compact_dataset(open_embeddings(uri))
     return _prune_versions(open_embeddings(uri), {})
 
 

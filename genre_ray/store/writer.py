@@ -196,11 +196,32 @@ def _index(tbl: lancedb.table.Table, cfg: StoreConfig, dim: int, full: bool) -> 
     return True
 
 
-def _finish_table(store_dir: StoragePath, name: str, cfg: StoreConfig, dim: int, full: bool) -> dict[str, Any]:
-    """Compact and index a table that got a new version; what the manifest records of it. Runs as a Ray task: at
-    catalog scale these rewrite and read the whole table, which the driver must never hold."""
+@dataclass(frozen=True)
+class TableChange:
+    """What a published table's nightly task applies: ids to delete, then the delta rows (Arrow blocks) to upsert."""
+
+    delete: list[str] = field(default_factory=list)
+    delta: list[ray.ObjectRef] = field(default_factory=list)
+
+
+def _finish_table(
+    store_dir: StoragePath,
+    name: str,
+    cfg: StoreConfig,
+    dim: int,
+    full: bool,
+    change: TableChange,
+) -> dict[str, Any]:
+    """A table's nightly change (delete, then upsert the delta), compaction and indexes; what the manifest records of
+    it. Runs as a Ray task (in_workers): at catalog scale the merge, compaction and index build read the whole table,
+    which the driver must never hold."""
     store = Store(store_dir)
     tbl = store.db.open_table(name)
+    if change.delete:
+        tbl.delete(sql_in("movie_id", change.delete))
+    if change.delta:
+        delta = pa.concat_tables([served_schema(dim).empty_table(), *ray.get(change.delta)])
+        tbl.merge_insert("movie_id").when_matched_update_all().when_not_matched_insert_all().execute(delta)
     n = tbl.count_rows()
     if n == 0:
         return {"rows": 0, "indexed": False, "version": tbl.version}
@@ -310,9 +331,12 @@ def publish(
         embeddings_read = embeddings.count()  # a Lance scan answers from its metadata; a fetch is read once
         rows, spectrum_nodes = _spectrum_rows(cfg, layout.model_dir, embeddings, plan, upsert)
 
-    touched = sorted(_write(store, rows, plan, previous, (key, plan.partitions, catch_all), dim))
+    changes = _write(store, rows, plan, previous, (key, plan.partitions, catch_all), dim)
+    touched = sorted(changes)
     # one task per touched table, side by side: each table is its own Lance dataset, so they never conflict
-    finished = in_workers(_finish_table, [(store.dir, name, cfg.store, dim, plan.full) for name in touched], num_cpus=1)
+    finished = in_workers(
+        _finish_table, [(store.dir, name, cfg.store, dim, plan.full, changes[name]) for name in touched], num_cpus=1
+    )
     tables: dict[str, dict[str, Any]] = {}
     old_tables = previous["tables"] if previous and not plan.full else {}
     for name in sorted(set(old_tables) | set(touched)):
@@ -368,33 +392,27 @@ def _write(
     previous: Mapping[str, Any] | None,
     routing: tuple[str, Mapping[str, str], str],
     dim: int,
-) -> set[str]:
-    """Write served rows into their tables; returns the tables that got a new version."""
+) -> dict[str, TableChange]:
+    """Every table that gets a new version, with its change. Tables written whole (a full publish, a new partition)
+    are written here, by distributed fragment writes and one commit; a published table's nightly change is left to
+    its table task (_finish_table)."""
     import lance_ray
 
     published = set(previous["tables"]) if previous and not plan.full else set()
     existing = table_names(store.db)
     served = served_schema(dim)
-    touched: set[str] = set()
-
-    for table, ids in sorted(plan.delete.items()):
-        if table in published:
-            store.db.open_table(table).delete(sql_in("movie_id", ids))
-            touched.add(table)
-
+    changes = {table: TableChange(delete=ids) for table, ids in plan.delete.items() if table in published}
     for table in plan.targets:  # none when nothing is inferred, and only then is `rows` None
         assert rows is not None
         part = _rows_for(rows, table, *routing, dim)
         if table in published:
-            # Nightly path: the delta is small, so it is collected and upserted in one merge_insert commit.
-            delta = pa.concat_tables([served.empty_table(), *ray.get(list(part.to_arrow_refs()))])
-            tbl = store.db.open_table(table)
-            tbl.merge_insert("movie_id").when_matched_update_all().when_not_matched_insert_all().execute(delta)
+            # Nightly path: the delta is small; its blocks stay in the object store for the table's task.
+            changes[table] = TableChange(changes.get(table, TableChange()).delete, list(part.to_arrow_refs()))
         else:
             # Full path: distributed fragment writes and one commit. "overwrite" also replaces a table left by
             # an unpublished run or an older layout, as a new version (earlier versions stay for rollback).
             mode = "overwrite" if table in existing else "create"
             uri = store.dir / f"{table}.lance"
             lance_ray.write_lance(part, str(uri), schema=served, mode=mode, storage_options=storage.lance_options(uri))
-        touched.add(table)
-    return touched
+            changes[table] = TableChange()
+    return changes
