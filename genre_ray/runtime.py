@@ -207,8 +207,8 @@ def in_workers(fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]], **optio
 
     Work that reads or rewrites a whole dataset (plans, merges, Lance compaction and index builds) runs next to the
     data in a worker, not in the driver, whose memory must stay flat at any catalog size. Workers are pooled, not
-    fresh per task: a fresh process (max_calls=1) re-imports torch and Lance for every table, which doubled a 100k
-    publish on 2 cores. A failing task raises its own exception (StoreError, a missing file), not Ray's wrapper.
+    fresh per task (max_calls=1): a fresh process re-imports torch and Lance for every table, seconds each on a
+    small node. A failing task raises its own exception (StoreError, a missing file), not Ray's wrapper.
     """
     task = ray.remote(**{"max_retries": 1, **options})(fn)
     refs = [task.remote(*args) for args in calls]
