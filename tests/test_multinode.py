@@ -104,27 +104,16 @@ def test_three_node_cluster_spreads_work_and_publishes_the_single_node_store(ray
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     env.pop("RAY_ADDRESS", None)
     cfg_multi = load_config(None, multi)
-    # The three-node run (a child process: a driver attaches to one cluster) and the single-node reference (this
-    # session's node) run side by side: both are mostly Ray's fixed start-up costs, so together they take about as
-    # long as one; the result does not depend on timing.
-    out, err = tmp_path / "child.out", tmp_path / "child.err"  # files, not pipes: a full pipe would stall it
-    with out.open("w") as stdout, err.open("w") as stderr:
-        child = subprocess.Popen(
-            [sys.executable, "-c", _ON_THREE_NODES, json.dumps(cfg_multi.model_dump(mode="json")), ",".join(STAGES)],
-            stdout=stdout,
-            stderr=stderr,
-            env=env,
-            cwd=REPO,
-        )
-        try:
-            single = load_config(None, _overrides(tmp_path, "single", source, encoder))
-            assert run_stages(single, STAGES, echo=lambda _: None).status == "succeeded"
-            child.wait(timeout=600)
-        finally:
-            if child.poll() is None:
-                child.kill()
-    assert child.returncode == 0, err.read_text()[-3000:]
-    assert json.loads(out.read_text().strip().splitlines()[-1]) == {"nodes": 3, "status": "succeeded"}
+    child = subprocess.run(
+        [sys.executable, "-c", _ON_THREE_NODES, json.dumps(cfg_multi.model_dump(mode="json")), ",".join(STAGES)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=REPO,
+    )
+    assert child.returncode == 0, child.stderr[-3000:]
+    assert json.loads(child.stdout.strip().splitlines()[-1]) == {"nodes": 3, "status": "succeeded"}
 
     run = json.loads(RunLayout.of(cfg_multi.workdir).run_json.read_text())
     embed_nodes = set(run["results"]["embed"]["result"]["nodes"])
@@ -133,6 +122,9 @@ def test_three_node_cluster_spreads_work_and_publishes_the_single_node_store(ray
     assert len(embed_nodes) > 1, f"encoder actors ran on one node: {embed_nodes}"
     assert len(train_nodes) == 2, f"training workers share a node: {train_nodes}"
     assert len(spectrum_nodes) > 1, f"spectrum actors ran on one node: {spectrum_nodes}"
+
+    single = load_config(None, _overrides(tmp_path, "single", source, encoder))
+    assert run_stages(single, STAGES, echo=lambda _: None).status == "succeeded"
 
     a, b = _served(Path(cfg_multi.workdir)), _served(Path(single.workdir))
     assert sorted(a) == sorted(b) and len(a) == 160
