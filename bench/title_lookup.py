@@ -32,7 +32,7 @@ from genre_ray.layout import RunLayout
 from genre_ray.recommend import Recommender
 from genre_ray.store import Store, ivf_pq_params
 from genre_ray.store.manifest import switch
-from genre_ray.store.writer import served_schema, with_title_key
+from genre_ray.store.tables import served_schema, with_title_key
 
 WORDS = [
     "red",

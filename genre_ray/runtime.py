@@ -211,7 +211,12 @@ def in_workers(fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]], **optio
     small node. A failing task raises its own exception (StoreError, a missing file), not Ray's wrapper.
     """
     task = ray.remote(**{"max_retries": 1, **options})(fn)
-    refs = [task.remote(*args) for args in calls]
+    return worker_result([task.remote(*args) for args in calls])
+
+
+def worker_result(refs: Any) -> Any:
+    """ray.get, raising a failed task's own exception (StoreError, a missing file) instead of Ray's wrapper around
+    the remote traceback."""
     try:
         return ray.get(refs)
     except ray.exceptions.RayTaskError as e:

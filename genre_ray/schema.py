@@ -72,6 +72,10 @@ def embeddings_schema(dim: int) -> pa.Schema:
     )
 
 
+# Catalog columns carried into the served rows (the rest of the catalog stays behind: documents are large).
+METADATA_COLUMNS = ["movie_id", "title", "year", "language", "genres", "popularity", "votes", "content_hash"]
+
+
 def served_schema(spectrum_dim: int) -> pa.Schema:
     return pa.schema(
         [

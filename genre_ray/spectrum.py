@@ -21,12 +21,10 @@ import torch
 
 from genre_ray import schema
 from genre_ray.model import load_classifier
+from genre_ray.schema import METADATA_COLUMNS
 from genre_ray.storage import StoragePath
 
 log = logging.getLogger(__name__)
-
-# Catalog columns carried into the served rows (the rest of the catalog stays behind: documents are large).
-METADATA_COLUMNS = ["movie_id", "title", "year", "language", "genres", "popularity", "votes", "content_hash"]
 
 
 class SpectrumMapper:

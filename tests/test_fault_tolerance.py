@@ -230,7 +230,7 @@ def _published(store_dir: Path) -> tuple[str, set[str], int]:
 # the worst moment to die, every table written and nothing published.
 _KILLED_BEFORE_SWITCH = """
 import os, signal, sys
-import genre_ray.store
+import genre_ray.store.writer
 genre_ray.store.writer._commit = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
 from jobs.publish import main
 sys.exit(main(sys.argv[1:]))

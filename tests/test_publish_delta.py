@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pytest
+import ray
 from factories import catalog_table
 from test_store import edit_overview, make_run, rewrite_catalog, write_embeddings
 
 from genre_ray.store import Store, StoreError, publish
 from genre_ray.store.plan import TABLE, diff
+from genre_ray.store.writer import spread
 
 
 def test_diff_classifies_new_edited_moved_removed_and_old_model_rows():
@@ -55,6 +57,17 @@ def test_a_small_nightly_reads_and_infers_only_the_changed_movies(ray_session, t
     s = Store(layout.store_dir)
     served = dict(zip(*s.scan(["movie_id", "content_hash"]).to_pydict().values(), strict=True))
     assert served == dict(zip(night["movie_id"].to_pylist(), night["content_hash"].to_pylist(), strict=True))
+
+
+def test_an_in_memory_delta_is_split_so_every_spectrum_actor_gets_a_share(ray_session):
+    fetched = ray.data.from_arrow(pa.table({"movie_id": [str(i) for i in range(10)]})).materialize()
+    assert fetched.num_blocks() == 1  # what a fetched nightly delta is
+
+    split = spread(fetched, 3)
+    assert split.num_blocks() == 3
+    assert all(block.num_rows > 0 for block in ray.get(list(split.to_arrow_refs())))
+    assert sorted(r["movie_id"] for r in split.take_all()) == sorted(str(i) for i in range(10))
+    assert spread(split, 2) is split  # enough blocks already: nothing to do
 
 
 def test_a_catalog_with_a_repeated_id_is_refused_before_any_write(ray_session, tmp_path):

@@ -2,16 +2,18 @@
 
 Modules, one job each: `partitions` (which table serves a movie; index parameters), `manifest` (what readers see;
 the publish history), `lease` (the single-writer lease), `reader` (Store: search and lookups), `plan` (what a
-publish changes, decided in one Ray task), `writer` (publish), `maintenance` (compaction, retention, status),
-`models` (the store's copies of served models), `recall` (ANN recall of the served indexes).
+publish changes, decided in one Ray task), `writer` (publish), `tables` (one table's nightly change, compaction and
+indexes, in a Ray task), `maintenance` (compaction, retention, status), `models` (the store's copies of served
+models), `recall` (ANN recall of the served indexes).
 """
+
+from typing import Any
 
 from genre_ray.sql import sql_in, sql_str
 from genre_ray.store.errors import LeaseError, StoreError
 from genre_ray.store.lease import writer_lease
 from genre_ray.store.partitions import ivf_pq_params, partition_tables, route, table_name, table_names
 from genre_ray.store.reader import RESULT_COLUMNS, TITLE_KEY, VECTOR, Filters, Store, title_key
-from genre_ray.store.writer import PublishResult, publish
 
 __all__ = [
     "RESULT_COLUMNS",
@@ -33,3 +35,13 @@ __all__ = [
     "title_key",
     "writer_lease",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: publish imports torch (the model, the spectrum actors). Readers, and Ray workers that run the table and
+    # plan tasks, import this package without paying for it.
+    if name in ("publish", "PublishResult"):
+        from genre_ray.store import writer
+
+        return getattr(writer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

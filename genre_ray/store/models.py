@@ -6,7 +6,6 @@ import logging
 from collections.abc import Iterable
 
 from genre_ray import storage
-from genre_ray.model import copy_classifier, read_meta
 from genre_ray.storage import StoragePath
 from genre_ray.store.errors import StoreError
 
@@ -21,6 +20,9 @@ def model_copy(store_dir: StoragePath, version: str) -> StoragePath:
 
 def keep_model(store_dir: StoragePath, model_dir: StoragePath, version: str) -> None:
     """Copy model/ into the store (once per version) before a manifest starts serving it."""
+    # here, not at the top: genre_ray.model imports torch, which maintenance's table and retention tasks never need
+    from genre_ray.model import copy_classifier, read_meta
+
     dst = model_copy(store_dir, version)
     if dst.exists() and read_meta(dst)["model_version"] == version:
         return
@@ -29,6 +31,8 @@ def keep_model(store_dir: StoragePath, model_dir: StoragePath, version: str) -> 
 
 def restore_model(store_dir: StoragePath, version: str, model_dir: StoragePath) -> None:
     """Re-export the store's copy of model `version` into model/ (crash-safe, like a fresh export)."""
+    from genre_ray.model import copy_classifier
+
     src = model_copy(store_dir, version)
     if not src.exists():
         raise StoreError(

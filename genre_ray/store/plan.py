@@ -24,7 +24,8 @@ import ray
 from genre_ray.catalog import read_catalog
 from genre_ray.config import StoreConfig
 from genre_ray.layout import RunLayout
-from genre_ray.spectrum import METADATA_COLUMNS
+from genre_ray.runtime import worker_result
+from genre_ray.schema import METADATA_COLUMNS
 from genre_ray.store.errors import StoreError
 from genre_ray.store.partitions import partition_tables, route
 from genre_ray.store.reader import Store
@@ -112,8 +113,4 @@ def plan_publish(
     """The plan, and a reference to the metadata (METADATA_COLUMNS + TABLE) of the movies to infer."""
     task = ray.remote(num_returns=2, max_retries=1)(_plan)
     plan_ref, upsert_ref = task.remote(layout, cfg, catch_all, model_version, full)
-    try:
-        return ray.get(plan_ref), upsert_ref
-    except ray.exceptions.RayTaskError as e:
-        # the task's own error (StoreError, a missing catalog), not Ray's wrapper around the remote traceback
-        raise (e.cause or e) from None
+    return worker_result(plan_ref), upsert_ref

@@ -26,46 +26,27 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import lancedb
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-from lancedb.index import BTree, IvfPq
+from ray.data.dataset import MaterializedDataset
 
-from genre_ray import schema, storage
-from genre_ray.config import Config, StoreConfig
+from genre_ray import storage
+from genre_ray.config import Config
 from genre_ray.layout import RunLayout
 from genre_ray.model import load_classifier
 from genre_ray.runtime import NodeLog, cluster_cpus, in_workers, init_ray
 from genre_ray.spectrum import compute_spectrum
 from genre_ray.sql import sql_in
-from genre_ray.storage import StoragePath
 from genre_ray.store import maintenance, models
 from genre_ray.store import manifest as manifests
 from genre_ray.store.errors import StoreError
-from genre_ray.store.partitions import ivf_pq_params, route, table_name, table_names
+from genre_ray.store.partitions import route, table_name, table_names
 from genre_ray.store.plan import PublishPlan, plan_publish
-from genre_ray.store.reader import TITLE_KEY, VECTOR, Store
+from genre_ray.store.reader import TITLE_KEY, Store
+from genre_ray.store.tables import TableChange, finish_table, served_schema, with_title_key
 
 log = logging.getLogger(__name__)
-
-PRIMARY_KEY_META = {b"lance-schema:unenforced-primary-key": b"true"}
-
-
-def served_schema(dim: int) -> pa.Schema:
-    """The served contract plus the lookup key, with movie_id marked as Lance's (unenforced) primary key:
-    merge_insert on a key without that metadata can write duplicate rows when commits race (lance#6018)."""
-    base = schema.served_schema(dim)
-    fields = [f.with_metadata(PRIMARY_KEY_META) if f.name == "movie_id" else f for f in base]
-    return pa.schema([*fields, pa.field(TITLE_KEY, pa.string())], metadata=base.metadata)
-
-
-def with_title_key(batch: pa.Table) -> pa.Table:
-    """title_key = the title lower-cased with whitespace collapsed (reader.title_key, vectorised)."""
-    key = pc.utf8_trim_whitespace(pc.replace_substring_regex(pc.utf8_lower(batch["title"]), r"\s+", " "))
-    if TITLE_KEY in batch.column_names:
-        return batch.set_column(batch.schema.get_field_index(TITLE_KEY), TITLE_KEY, key)
-    return batch.append_column(TITLE_KEY, key)
 
 
 @dataclass
@@ -109,6 +90,15 @@ def _load_embeddings(layout: RunLayout, ids: list[str] | None) -> ray.data.Datas
     return embeddings.materialize() if where else embeddings
 
 
+def spread(embeddings: ray.data.Dataset, actors: int) -> ray.data.Dataset:
+    """At least one block per spectrum actor when the input is already in memory (a fetched nightly delta, a
+    passed-in table: one block each), so every actor gets a share instead of the first one ready taking it all. A
+    lazy scan is left alone: Lance reads it in blocks of ~16k rows."""
+    if isinstance(embeddings, MaterializedDataset) and embeddings.num_blocks() < actors:
+        return embeddings.repartition(actors).materialize()
+    return embeddings
+
+
 def _spectrum_rows(
     cfg: Config, model_dir: Any, embeddings: ray.data.Dataset, plan: PublishPlan, upsert: ray.ObjectRef
 ) -> tuple[ray.data.Dataset, list[str]]:
@@ -118,7 +108,7 @@ def _spectrum_rows(
     actors = cfg.store.spectrum_actors or max(1, int(cluster_cpus() // 2))
     node_log = NodeLog.remote()
     rows = compute_spectrum(
-        embeddings,
+        spread(embeddings, actors),
         upsert,
         model_dir,
         batch_size=cfg.store.spectrum_batch_size,
@@ -162,73 +152,6 @@ def _rows_for(
         return with_title_key(mine).cast(target)
 
     return rows.map_batches(keep, batch_format="pyarrow", num_cpus=0.25, zero_copy_batch=True)
-
-
-def _scalar_indexes(tbl: lancedb.table.Table) -> None:
-    """B-tree indexes on movie_id (lookups, merge_insert) and title_key (title resolution): created once, kept
-    current afterwards by optimize_indices like the vector index."""
-    have = {tuple(ix.columns) for ix in tbl.list_indices()}
-    for column in ("movie_id", TITLE_KEY):
-        if (column,) not in have:
-            tbl.create_index(column, config=BTree(), replace=True)
-
-
-def _index(tbl: lancedb.table.Table, cfg: StoreConfig, dim: int, full: bool) -> bool:
-    """IVF-PQ on tables large enough to train it; flat (exact) search below that. Returns whether indexed."""
-    n = tbl.count_rows()
-    has_index = any(ix.columns == [VECTOR] for ix in tbl.list_indices())
-    # Nightly deltas join the existing index partitions (scalar and vector) without retraining them.
-    tbl.to_lance().optimize.optimize_indices()
-    tbl.checkout_latest()
-    _scalar_indexes(tbl)
-    if n < cfg.index_min_rows:
-        log.info("table %s: %d rows < store.index_min_rows=%d, flat (exact) search", tbl.name, n, cfg.index_min_rows)
-        return has_index
-    if has_index and not full:
-        return True
-    partitions, sub_vectors = ivf_pq_params(n, dim)
-    log.info("table %s: IVF-PQ over %d rows, %d partitions, %d sub-vectors", tbl.name, n, partitions, sub_vectors)
-    tbl.create_index(
-        VECTOR,
-        config=IvfPq(distance_type="cosine", num_partitions=partitions, num_sub_vectors=sub_vectors),
-        replace=True,
-    )
-    return True
-
-
-@dataclass(frozen=True)
-class TableChange:
-    """What a published table's nightly task applies: ids to delete, then the delta rows (Arrow blocks) to upsert."""
-
-    delete: list[str] = field(default_factory=list)
-    delta: list[ray.ObjectRef] = field(default_factory=list)
-
-
-def _finish_table(
-    store_dir: StoragePath,
-    name: str,
-    cfg: StoreConfig,
-    dim: int,
-    full: bool,
-    change: TableChange,
-) -> dict[str, Any]:
-    """A table's nightly change (delete, then upsert the delta), compaction and indexes; what the manifest records of
-    it. Runs as a Ray task (in_workers): at catalog scale the merge, compaction and index build read the whole table,
-    which the driver must never hold."""
-    store = Store(store_dir)
-    tbl = store.db.open_table(name)
-    if change.delete:
-        tbl.delete(sql_in("movie_id", change.delete))
-    if change.delta:
-        delta = pa.concat_tables([served_schema(dim).empty_table(), *ray.get(change.delta)])
-        tbl.merge_insert("movie_id").when_matched_update_all().when_not_matched_insert_all().execute(delta)
-    n = tbl.count_rows()
-    if n == 0:
-        return {"rows": 0, "indexed": False, "version": tbl.version}
-    maintenance.compact(tbl)
-    indexed = _index(store.db.open_table(name), cfg, dim, full)
-    # Re-open: compaction and index maintenance commit through the Lance dataset rather than this handle.
-    return {"rows": n, "indexed": indexed, "version": store.db.open_table(name).version}
 
 
 def _restore_published(store: Store, manifest: Mapping[str, Any] | None) -> None:
@@ -334,14 +257,22 @@ def publish(
     changes = _write(store, rows, plan, previous, (key, plan.partitions, catch_all), dim)
     touched = sorted(changes)
     # one task per touched table, side by side: each table is its own Lance dataset, so they never conflict
-    finished = in_workers(
-        _finish_table, [(store.dir, name, cfg.store, dim, plan.full, changes[name]) for name in touched], num_cpus=1
+    finished = dict(
+        zip(
+            touched,
+            in_workers(
+                finish_table,
+                [(store.dir, name, cfg.store, dim, plan.full, changes[name]) for name in touched],
+                num_cpus=1,
+            ),
+            strict=True,
+        )
     )
     tables: dict[str, dict[str, Any]] = {}
     old_tables = previous["tables"] if previous and not plan.full else {}
     for name in sorted(set(old_tables) | set(touched)):
         if name in touched:
-            info = finished[touched.index(name)]
+            info = finished[name]
         else:
             tbl = store.db.open_table(name)
             info = {"rows": tbl.count_rows(), "indexed": old_tables[name]["indexed"], "version": tbl.version}
@@ -395,7 +326,7 @@ def _write(
 ) -> dict[str, TableChange]:
     """Every table that gets a new version, with its change. Tables written whole (a full publish, a new partition)
     are written here, by distributed fragment writes and one commit; a published table's nightly change is left to
-    its table task (_finish_table)."""
+    its table task (finish_table)."""
     import lance_ray
 
     published = set(previous["tables"]) if previous and not plan.full else set()
