@@ -7,7 +7,7 @@ indexes, in a Ray task), `maintenance` (compaction, retention, status), `models`
 models), `recall` (ANN recall of the served indexes).
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from genre_ray.sql import sql_in, sql_str
 from genre_ray.store.errors import LeaseError, StoreError
@@ -35,6 +35,9 @@ __all__ = [
     "title_key",
     "writer_lease",
 ]
+
+if TYPE_CHECKING:  # type checkers and IDEs see the lazy names below
+    from genre_ray.store.writer import PublishResult, publish
 
 
 def __getattr__(name: str) -> Any:

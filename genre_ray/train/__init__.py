@@ -10,9 +10,23 @@ Ray Train (seconds per fresh worker) for nothing.
 """
 
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from genre_ray.train.data import TrainingData, Vocabulary, labelled_movies, prepare
+
+if TYPE_CHECKING:  # type checkers and IDEs see the lazy names below
+    from genre_ray.train.loop import READ_WINDOW, classification_metrics, predict_proba, tune_threshold
+    from genre_ray.train.trainer import (
+        HISTORY,
+        TrainResult,
+        build_trainer,
+        load_training_table,
+        spec_for,
+        train_classifier,
+        train_on_data,
+        train_on_table,
+        worker_plan,
+    )
 
 _LAZY = {
     "READ_WINDOW": "loop",
