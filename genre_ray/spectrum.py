@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 import torch
+from ray.data.dataset import MaterializedDataset
 
 from genre_ray import schema
 from genre_ray.model import load_classifier
@@ -80,6 +81,16 @@ def _served(meta: pa.Table, vectors: np.ndarray, probs: np.ndarray, model_versio
     return pa.table({f.name: columns[f.name] for f in out}).cast(out)
 
 
+def spread(embeddings: ray.data.Dataset, actors: int) -> ray.data.Dataset:
+    """At least one block per actor when the input is already in memory (a fetched nightly delta, a passed-in table:
+    one block each). Ray Data starts a pool's actors asynchronously and ends the pool when its input is done, so a
+    single block goes to the first actor ready and the others get nothing. A lazy scan is left alone: Lance reads it
+    in blocks of ~16k rows."""
+    if isinstance(embeddings, MaterializedDataset) and embeddings.num_blocks() < actors:
+        return embeddings.repartition(actors).materialize()
+    return embeddings
+
+
 def compute_spectrum(
     embeddings: ray.data.Dataset,
     metadata: pa.Table | ray.ObjectRef,
@@ -97,7 +108,7 @@ def compute_spectrum(
     """
     ref = ray.put(metadata.select(METADATA_COLUMNS)) if isinstance(metadata, pa.Table) else metadata
     # no select_columns here: a projection is a task per block; callers read only what the join needs
-    return embeddings.map_batches(
+    return spread(embeddings, concurrency).map_batches(
         SpectrumMapper,
         fn_constructor_kwargs={
             # the path itself, not its string: an object-store path carries its storage settings to the actors

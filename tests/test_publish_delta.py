@@ -9,9 +9,9 @@ import ray
 from factories import catalog_table
 from test_store import edit_overview, make_run, rewrite_catalog, write_embeddings
 
+from genre_ray.spectrum import spread
 from genre_ray.store import Store, StoreError, publish
 from genre_ray.store.plan import TABLE, diff
-from genre_ray.store.writer import spread
 
 
 def test_diff_classifies_new_edited_moved_removed_and_old_model_rows():

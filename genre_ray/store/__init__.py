@@ -7,6 +7,7 @@ indexes, in a Ray task), `maintenance` (compaction, retention, status), `models`
 models), `recall` (ANN recall of the served indexes).
 """
 
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from genre_ray.sql import sql_in, sql_str
@@ -40,11 +41,12 @@ if TYPE_CHECKING:  # type checkers and IDEs see the lazy names below
     from genre_ray.store.writer import PublishResult, publish
 
 
-def __getattr__(name: str) -> Any:
-    # Lazy: publish imports torch (the model, the spectrum actors). Readers, and Ray workers that run the table and
-    # plan tasks, import this package without paying for it.
-    if name in ("publish", "PublishResult"):
-        from genre_ray.store import writer
+# Lazy: publish imports torch (the model, the spectrum actors). Readers, and Ray workers that run the table and plan
+# tasks, import this package without paying for it.
+_LAZY = {"publish": "writer", "PublishResult": "writer"}
 
-        return getattr(writer, name)
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f"genre_ray.store.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -29,7 +29,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-from ray.data.dataset import MaterializedDataset
 
 from genre_ray import storage
 from genre_ray.config import Config
@@ -90,15 +89,6 @@ def _load_embeddings(layout: RunLayout, ids: list[str] | None) -> ray.data.Datas
     return embeddings.materialize() if where else embeddings
 
 
-def spread(embeddings: ray.data.Dataset, actors: int) -> ray.data.Dataset:
-    """At least one block per spectrum actor when the input is already in memory (a fetched nightly delta, a
-    passed-in table: one block each), so every actor gets a share instead of the first one ready taking it all. A
-    lazy scan is left alone: Lance reads it in blocks of ~16k rows."""
-    if isinstance(embeddings, MaterializedDataset) and embeddings.num_blocks() < actors:
-        return embeddings.repartition(actors).materialize()
-    return embeddings
-
-
 def _spectrum_rows(
     cfg: Config, model_dir: Any, embeddings: ray.data.Dataset, plan: PublishPlan, upsert: ray.ObjectRef
 ) -> tuple[ray.data.Dataset, list[str]]:
@@ -108,7 +98,7 @@ def _spectrum_rows(
     actors = cfg.store.spectrum_actors or max(1, int(cluster_cpus() // 2))
     node_log = NodeLog.remote()
     rows = compute_spectrum(
-        spread(embeddings, actors),
+        embeddings,
         upsert,
         model_dir,
         batch_size=cfg.store.spectrum_batch_size,
@@ -257,17 +247,10 @@ def publish(
     changes = _write(store, rows, plan, previous, (key, plan.partitions, catch_all), dim)
     touched = sorted(changes)
     # one task per touched table, side by side: each table is its own Lance dataset, so they never conflict
-    finished = dict(
-        zip(
-            touched,
-            in_workers(
-                finish_table,
-                [(store.dir, name, cfg.store, dim, plan.full, changes[name]) for name in touched],
-                num_cpus=1,
-            ),
-            strict=True,
-        )
+    results = in_workers(
+        finish_table, [(store.dir, name, cfg.store, dim, plan.full, changes[name]) for name in touched], num_cpus=1
     )
+    finished = dict(zip(touched, results, strict=True))
     tables: dict[str, dict[str, Any]] = {}
     old_tables = previous["tables"] if previous and not plan.full else {}
     for name in sorted(set(old_tables) | set(touched)):
