@@ -4,6 +4,8 @@ latest checkpoint and ends with as many epochs as an uninterrupted run."""
 from __future__ import annotations
 
 import json
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +134,21 @@ def test_two_workers_converge_checkpoint_and_export(small_run, uninterrupted: Tr
     assert loaded.vocab == sorted(GENRES)
     assert loaded.threshold == uninterrupted.threshold
     assert "micro-F1" in uninterrupted.summary()
+
+
+def _alive_actor_classes() -> list[str]:
+    from ray._private.state import state  # the actor table without the dashboard, which tests do not start
+
+    return sorted(a["ActorClassName"] for a in state.actor_table(None).values() if a["State"] == "ALIVE")
+
+
+def test_a_finished_run_releases_its_controller_and_data_actors(small_run, uninterrupted: TrainResult) -> None:
+    # Ray Train's own SIGINT handler held the controller, and through it every train/val block, until the next fit
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    deadline = time.monotonic() + 30
+    while (held := {"TrainController", "DatasetManager"} & set(_alive_actor_classes())) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not held, f"still alive after fit() returned: {held}"
 
 
 def test_resume_after_injected_failure_runs_same_epochs(small_run, uninterrupted: TrainResult, tmp_path) -> None:
