@@ -96,7 +96,9 @@ def test_tmdb_full_file_accounting(ray_session, tmp_path):
     # TMDB writes 0 for "unknown": those become nulls, never numbers that would read as "free" or "flop".
     nulls = {c: movies[c].null_count for c in ("budget", "revenue", "runtime", "rating")}
     assert nulls == {"budget": 1037, "revenue": 1427, "runtime": 37, "rating": 62}
-    assert result.seconds < 60
+    # where ingest's time went is recorded (timing targets are bench.catalog_ingest's job, not a test's)
+    assert list(result.phase_seconds) == ["parse", "dedup", "write"]
+    assert 0 < sum(result.phase_seconds.values()) <= result.seconds + 0.01
 
 
 def test_movielens_adapter_on_real_rows(ray_session, tmp_path):

@@ -113,6 +113,8 @@ class IngestResult:
     per_file: dict[str, dict[str, Any]]
     warnings: list[str]
     seconds: float = 0.0
+    # where the seconds went: parse (read, validate, documents), dedup (duplicate ids), write (catalog, rejects)
+    phase_seconds: dict[str, float] = field(default_factory=dict)
     # kept rows with an optional field left empty; one warning per (row, field) in catalog/warnings.parquet
     rows_with_field_warnings: int = 0
     field_warnings_by_reason: dict[str, int] = field(default_factory=dict)
@@ -455,6 +457,7 @@ def ingest(cfg: Config, layout: RunLayout) -> IngestResult:
     calls = [_parse_file_task.remote(src, cfg.catalog, cfg.text, enc_id, cfg.storage.options) for src in parts]
     parts, calls = _reread_crossed(parts, calls, cfg, enc_id)
     reports = _merge_parts(ray.get([c[4] for c in calls]))
+    parsed = time.perf_counter()
     for rep in reports:
         if rep.error:
             raise CatalogError(rep.error)
@@ -472,6 +475,7 @@ def ingest(cfg: Config, layout: RunLayout) -> IngestResult:
     if dup_rejects is not None:
         reject_tables.append(dup_rejects)
     rejects = pa.concat_tables(reject_tables or [_ORDERED_REJECTS.empty_table()]).sort_by(_ORDER).drop_columns(_ORDER)
+    deduplicated = time.perf_counter()
 
     result = _account(reports, warnings, time.perf_counter() - started)
     if result.rows_rejected != rejects.num_rows:
@@ -484,6 +488,13 @@ def ingest(cfg: Config, layout: RunLayout) -> IngestResult:
         _write_movies(kept, layout)
     atomic_write(layout.rejects, lambda p: pq.write_table(rejects.cast(schema.REJECTS), p))
     atomic_write(layout.field_warnings, lambda p: pq.write_table(warnings_table, p))
+    finished = time.perf_counter()
+    result.seconds = round(finished - started, 3)
+    result.phase_seconds = {
+        "parse": round(parsed - started, 3),
+        "dedup": round(deduplicated - parsed, 3),
+        "write": round(finished - deduplicated, 3),
+    }
     atomic_write_text(layout.accounting, json.dumps(result.to_json(), indent=2) + "\n")
     for w in result.warnings:
         log.warning(w)
