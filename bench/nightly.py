@@ -8,9 +8,10 @@ movies got a new overview and `--removed` left the catalog: the incremental path
 no retraining, publish the delta). The catalog comes from genre_ray.synthetic (the real catalog's distributions,
 TMDB CSV format, `--bad-fraction` deliberately bad rows), so ingest, rejects and the store see realistic input.
 
-Memory is sampled every 0.2 s over this process and every process of the Ray node it starts (all descendants),
-as PSS (shared pages split between the processes that map them, so the sum does not count the object store
-once per worker). The capacity section turns the measured per-worker throughput into hours for 1M / 10M titles.
+Memory: the driver's RSS every 0.2 s, and every 2 s the PSS of this process and every process of the Ray node it
+starts (all descendants; shared pages split between the processes that map them, so the sum does not count the
+object store once per worker). The capacity section turns the measured per-worker throughput into hours for 1M /
+10M titles.
 """
 
 from __future__ import annotations

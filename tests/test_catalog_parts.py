@@ -129,7 +129,7 @@ def ingest_once(root: Path, paths: list[Path], bytes_per_task: int) -> tuple[lis
     cfg.catalog.max_reject_fraction = 1.0  # the two CSVs share their ids: the second one's are duplicates
     layout = RunLayout.of(cfg.workdir)
     result = ingest(cfg, layout)
-    counts = {k: v for k, v in result.to_json().items() if k != "seconds"}
+    counts = {k: v for k, v in result.to_json().items() if k not in ("seconds", "phase_seconds")}
     return (
         read_catalog(layout).to_pylist(),
         pq.read_table(layout.rejects).to_pylist(),

@@ -108,26 +108,16 @@ def test_three_node_cluster_spreads_work_and_publishes_the_single_node_store(ray
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     env.pop("RAY_ADDRESS", None)
     cfg_multi = load_config(None, multi)
-    # The single-node reference runs in this process's Ray session while the three-node child runs: most of either
-    # run is start-up latency (processes, actors, Ray Train's worker group), so the two overlap instead of adding up.
-    child = subprocess.Popen(
+    child = subprocess.run(
         [sys.executable, "-c", _ON_THREE_NODES, json.dumps(cfg_multi.model_dump(mode="json")), ",".join(STAGES)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         text=True,
+        timeout=600,
         env=env,
         cwd=REPO,
     )
-    try:
-        single = load_config(None, _overrides(tmp_path, "single", source, encoder))
-        assert run_stages(single, STAGES, echo=lambda _: None).status == "succeeded"
-        stdout, stderr = child.communicate(timeout=600)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.communicate()
-    assert child.returncode == 0, stderr[-3000:]
-    assert json.loads(stdout.strip().splitlines()[-1]) == {"nodes": 3, "status": "succeeded"}
+    assert child.returncode == 0, child.stderr[-3000:]
+    assert json.loads(child.stdout.strip().splitlines()[-1]) == {"nodes": 3, "status": "succeeded"}
 
     run = json.loads(RunLayout.of(cfg_multi.workdir).run_json.read_text())
     embed_nodes = set(run["results"]["embed"]["result"]["nodes"])
@@ -136,6 +126,9 @@ def test_three_node_cluster_spreads_work_and_publishes_the_single_node_store(ray
     assert len(embed_nodes) > 1, f"encoder actors ran on one node: {embed_nodes}"
     assert len(train_nodes) == 2, f"training workers share a node: {train_nodes}"
     assert len(spectrum_nodes) == 2, f"spectrum actors ran on one node: {spectrum_nodes}"
+
+    single = load_config(None, _overrides(tmp_path, "single", source, encoder))
+    assert run_stages(single, STAGES, echo=lambda _: None).status == "succeeded"
 
     a, b = _served(Path(cfg_multi.workdir)), _served(Path(single.workdir))
     assert sorted(a) == sorted(b) and len(a) == 160

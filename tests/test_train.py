@@ -29,6 +29,8 @@ from genre_ray.train.data import read_arrays
 
 DIM = 16
 EPOCHS = 4
+# whatever the session started with (a background CI job ignores SIGINT): training must leave it as it was
+SIGINT_BEFORE_TRAINING = signal.getsignal(signal.SIGINT)
 
 
 def small_config(tmp: Path, **train: object) -> Config:
@@ -144,7 +146,7 @@ def _alive_actor_classes() -> list[str]:
 
 def test_a_finished_run_releases_its_controller_and_data_actors(small_run, uninterrupted: TrainResult) -> None:
     # Ray Train's own SIGINT handler held the controller, and through it every train/val block, until the next fit
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is SIGINT_BEFORE_TRAINING
     deadline = time.monotonic() + 30
     while (held := {"TrainController", "DatasetManager"} & set(_alive_actor_classes())) and time.monotonic() < deadline:
         time.sleep(0.5)
