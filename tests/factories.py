@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from genre_ray import schema
+from genre_ray.catalog import IngestResult
 from genre_ray.config import Config
 from genre_ray.text import DocumentBuilder, content_hash, encoder_id
 
@@ -23,6 +25,11 @@ WORDS = {
     "Thriller": "spy conspiracy murder suspense chase",
     "Animation": "cartoon talking animal colorful adventure",
 }
+
+
+def ingest_counts(result: IngestResult) -> dict[str, Any]:
+    """An ingest's accounting without its timings: what two ingests of the same input must agree on."""
+    return {k: v for k, v in result.to_json().items() if k not in ("seconds", "phase_seconds")}
 
 
 def catalog_rows(n: int, seed: int = 0) -> list[dict]:

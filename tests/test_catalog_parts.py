@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from factories import ingest_counts
 
 from genre_ray.catalog import ingest, read_catalog, read_field_warnings
 from genre_ray.catalog.sources import SourceFile, count_lines, split_text, text_cuts
@@ -129,7 +130,7 @@ def ingest_once(root: Path, paths: list[Path], bytes_per_task: int) -> tuple[lis
     cfg.catalog.max_reject_fraction = 1.0  # the two CSVs share their ids: the second one's are duplicates
     layout = RunLayout.of(cfg.workdir)
     result = ingest(cfg, layout)
-    counts = {k: v for k, v in result.to_json().items() if k not in ("seconds", "phase_seconds")}
+    counts = ingest_counts(result)
     return (
         read_catalog(layout).to_pylist(),
         pq.read_table(layout.rejects).to_pylist(),

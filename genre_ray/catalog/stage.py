@@ -477,7 +477,7 @@ def ingest(cfg: Config, layout: RunLayout) -> IngestResult:
     rejects = pa.concat_tables(reject_tables or [_ORDERED_REJECTS.empty_table()]).sort_by(_ORDER).drop_columns(_ORDER)
     deduplicated = time.perf_counter()
 
-    result = _account(reports, warnings, time.perf_counter() - started)
+    result = _account(reports, warnings)
     if result.rows_rejected != rejects.num_rows:
         raise AssertionError(f"accounting bug: {result.rows_rejected} rejected but {rejects.num_rows} reject rows")
     result.error = unusable_message(result, reports, cfg.catalog.max_reject_fraction)
@@ -576,7 +576,7 @@ def _write_movies(kept: ray.data.Dataset, layout: RunLayout) -> None:
             old.unlink(missing_ok=True)
 
 
-def _account(reports: list[FileReport], warnings: list[str], seconds: float) -> IngestResult:
+def _account(reports: list[FileReport], warnings: list[str]) -> IngestResult:
     by_reason: Counter[str] = Counter()
     warned: Counter[str] = Counter()
     per_file: dict[str, dict[str, Any]] = {}
@@ -599,7 +599,6 @@ def _account(reports: list[FileReport], warnings: list[str], seconds: float) -> 
         rejects_by_reason=dict(sorted(by_reason.items())),
         per_file=per_file,
         warnings=warnings,
-        seconds=round(seconds, 3),
         rows_with_field_warnings=sum(r.rows_with_field_warnings for r in reports),
         field_warnings_by_reason=dict(sorted(warned.items())),
     )
