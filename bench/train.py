@@ -62,7 +62,7 @@ def plain_loop(cfg: Config, table: pa.Table, epochs: int, threads: int) -> tuple
     x, y = (torch.from_numpy(a) for a in read_arrays(data.train)[:2])
     torch.manual_seed(cfg.seed)
     model = GenreClassifier(spec_for(cfg, data.input_dim, len(data.genres))).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=True)
     criterion = nn.BCEWithLogitsLoss()
     rates, mix_seconds, total_seconds = [], 0.0, 0.0
     for epoch in range(epochs):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+import ray
 from factories import GENRES, catalog_table, clustered_embeddings, write_catalog
 
 from genre_ray.config import Config
@@ -25,7 +26,7 @@ from genre_ray.train import (
     train_on_table,
     worker_plan,
 )
-from genre_ray.train.data import read_arrays
+from genre_ray.train.data import labelled_movies, read_arrays
 
 DIM = 16
 EPOCHS = 4
@@ -82,6 +83,28 @@ def test_prepare_excludes_unlabelled_and_learns_vocab_from_train(small_run) -> N
     assert (y.sum(axis=1) >= 1).all()
     assert (np.diff(u) > 0).all()  # ordered by the id hash, whatever the block order
     assert y.sum(axis=0).tolist() == data.vocab.train_positives
+
+
+def test_broadcast_and_hash_joins_give_the_same_rows(ray_session, tmp_path) -> None:
+    layout = RunLayout.of(tmp_path)
+    catalog = catalog_table(60)
+    unlabelled = [i < 3 for i in range(60)]
+    genres = [[] if gone else g for gone, g in zip(unlabelled, catalog["genres"].to_pylist(), strict=True)]
+    for name, values in (("genres", pa.array(genres, pa.list_(pa.string()))), ("no_genres", pa.array(unlabelled))):
+        catalog = catalog.set_column(catalog.schema.get_field_index(name), name, values)
+    write_catalog(catalog, layout.movies)
+    embeddings = clustered_embeddings(catalog).slice(5)  # movies 0-4 have no embedding yet
+    stray = clustered_embeddings(catalog_table(1, seed=7)).set_column(0, "movie_id", pa.array(["gone"]))
+    embeddings = pa.concat_tables([embeddings, stray.cast(embeddings.schema)])  # a vector whose movie left
+
+    def joined(broadcast_max_rows: int) -> pa.Table:
+        ds = labelled_movies(layout, embeddings, broadcast_max_rows=broadcast_max_rows)
+        return pa.concat_tables(ray.get(ds.to_arrow_refs())).sort_by("movie_id")
+
+    broadcast, hashed = joined(10**9), joined(0)
+    assert broadcast.column_names == hashed.column_names == ["movie_id", "genres", "embedding"]
+    assert broadcast.num_rows == 55  # 60 - 5 without a vector; the 3 unlabelled are among those 5; no stray
+    assert broadcast.to_pylist() == hashed.to_pylist()
 
 
 def test_val_is_a_bounded_seeded_sample(small_run) -> None:

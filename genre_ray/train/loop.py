@@ -144,7 +144,9 @@ def train_loop(config: dict[str, Any]) -> None:
 
     torch.manual_seed(seed)  # identical initial weights on every worker (DDP also broadcasts rank 0's)
     model = ray.train.torch.prepare_model(GenreClassifier(spec))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    # fused: one kernel per step for all parameters; a 128-row step of this small MLP is dispatch-bound, and
+    # fusing made the CPU training loop 1.2-1.4x faster (bench.train)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=True)
     pos_weight = torch.tensor(config["pos_weight"], device=device) if config.get("pos_weight") else None
     criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     val_x, val_y, _ = read_arrays(ray.train.get_dataset_shard("val"))
