@@ -67,11 +67,16 @@ def _prune_versions(ds: lance.LanceDataset, keep: dict[str, int]) -> int:
 
 
 def _compact_embeddings(uri: StoragePath) -> int:
-    """Compact the embeddings dataset and drop its old versions (nothing rolls back to old embeddings)."""
-    from genre_ray.embed import open_embeddings
+    """Compact the embeddings dataset and drop its old versions (nothing rolls back to old embeddings).
 
-    compact_dataset(open_embeddings(uri))
-    return _prune_versions(open_embeddings(uri), {})
+    Opened with lance itself, not genre_ray.embed.open_embeddings: importing the embed stage (torch, transformers)
+    cost the pooled worker ~5 s, a quarter of a small catalog's publish."""
+
+    def dataset() -> lance.LanceDataset:
+        return lance.dataset(str(uri), storage_options=storage.lance_options(uri))
+
+    compact_dataset(dataset())
+    return _prune_versions(dataset(), {})
 
 
 def retain(store: Store, keep_publishes: int, layout: RunLayout | None = None) -> dict[str, Any]:
