@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import lance
@@ -25,7 +25,8 @@ import ray
 from genre_ray import schema, storage
 from genre_ray.catalog import load_catalog, read_catalog
 from genre_ray.config import Config, EmbedConfig, EncoderConfig
-from genre_ray.encoder import EncodeStats, TextEncoder, encoder_dim, encoder_id_for
+from genre_ray.embed_stats import EmbedMeter
+from genre_ray.encoder import TextEncoder, encoder_dim, encoder_id_for
 from genre_ray.layout import RunLayout
 from genre_ray.runtime import in_workers, init_ray
 from genre_ray.sql import sql_in
@@ -111,38 +112,6 @@ def plan_actors(cfg: EmbedConfig, cluster_resources: dict[str, float]) -> ActorP
 
 
 # ----------------------------------------------------------------------------------------------- the Ray stage
-
-
-@ray.remote(num_cpus=0)
-class EmbedMeter:
-    """Collects token counts and timings from every actor: the figures a Dataset cannot return next to its rows."""
-
-    def __init__(self) -> None:
-        self.stats = EncodeStats()
-        self.load_seconds: list[float] = []
-        self.nodes: set[str] = set()  # Ray node of every encoder actor
-        self.first_start = math.inf
-        self.last_end = 0.0
-
-    def loaded(self, seconds: float, node: str = "") -> None:
-        self.load_seconds.append(seconds)
-        if node:
-            self.nodes.add(node)
-
-    def add(self, docs: int, tokens: int, padded_tokens: int, start: float, end: float) -> None:
-        self.stats.add(EncodeStats(docs, tokens, padded_tokens))
-        self.first_start = min(self.first_start, start)
-        self.last_end = max(self.last_end, end)
-
-    def totals(self) -> dict[str, Any]:
-        return {
-            **asdict(self.stats),
-            "padding_fraction": self.stats.padding_fraction,
-            "model_load_seconds": max(self.load_seconds, default=0.0),
-            # steady state: first window start -> last window end, as timed inside the actors
-            "steady_seconds": max(0.0, self.last_end - self.first_start) if self.stats.docs else 0.0,
-            "nodes": sorted(self.nodes),
-        }
 
 
 class EmbedBatch:

@@ -8,7 +8,6 @@ a batch is padded to its longest member, so grouping similar lengths is what kee
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from genre_ray.config import EncoderConfig
+from genre_ray.embed_stats import EncodeStats
 from genre_ray.text import encoder_id
 
 DEFAULT_MODEL = "minilm"
@@ -42,24 +42,6 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     # Half precision on CPU is slower than fp32 for these small matmuls and loses accuracy for nothing.
     return torch.float32
-
-
-@dataclass
-class EncodeStats:
-    """Token accounting of one encode call: padding_fraction = share of the model's input that was padding."""
-
-    docs: int = 0
-    tokens: int = 0
-    padded_tokens: int = 0
-
-    def add(self, other: EncodeStats) -> None:
-        self.docs += other.docs
-        self.tokens += other.tokens
-        self.padded_tokens += other.padded_tokens
-
-    @property
-    def padding_fraction(self) -> float:
-        return 1.0 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0
 
 
 def resolve_backend(cfg: EncoderConfig, device: str) -> str:
