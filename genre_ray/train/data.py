@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import ray.data
 
 from genre_ray import split as splits
@@ -81,10 +82,8 @@ def _with_labels(batch: pa.Table, labels: pa.Table) -> pa.Table:
     return pa.table({"movie_id": batch["movie_id"], "genres": genres, "embedding": batch["embedding"]})
 
 
-def _catalog_dataset(layout: RunLayout) -> Any:
+def _catalog_dataset(layout: RunLayout) -> pads.Dataset | None:
     """The catalog's Parquet files as a pyarrow dataset (counted from metadata), or None before any ingest."""
-    import pyarrow.dataset as pads
-
     from genre_ray.catalog import catalog_source
 
     try:
