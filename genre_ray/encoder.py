@@ -16,7 +16,7 @@ from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from genre_ray.config import EncoderConfig
-from genre_ray.embed_stats import EncodeStats
+from genre_ray.embed.stats import EncodeStats
 from genre_ray.text import encoder_id
 
 DEFAULT_MODEL = "minilm"

@@ -32,6 +32,7 @@ import torch
 from genre_ray import schema
 from genre_ray.catalog import read_catalog
 from genre_ray.config import Config, EvalConfig
+from genre_ray.embed.dataset import read_embeddings
 from genre_ray.layout import RunLayout, atomic_write_text
 from genre_ray.metrics import (
     RankingMetrics,
@@ -493,7 +494,6 @@ def evaluate(cfg: Config, layout: RunLayout) -> dict[str, Any]:
 
     Returns the headline numbers (for run.json and the CLI); metrics.json holds everything.
     """
-    from genre_ray.embed import read_embeddings  # the embed stage's reader: one place knows its storage format
     from genre_ray.report import write_report
     from genre_ray.store.recall import store_recall
 

@@ -21,6 +21,9 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
+        from genre_ray.runtime import set_local_node_env
+
+        set_local_node_env(2)  # the session is a local node, as `make run`'s is
         # address="local": never attach to a head some other process started with `ray start`.
         ray.init(
             address="local",

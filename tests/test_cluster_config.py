@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import os
 import shlex
 from importlib import metadata
 from pathlib import Path
@@ -147,3 +148,18 @@ def test_a_bad_config_fails_the_job_before_ray_starts(tmp_path: Path, monkeypatc
     bad.write_text("train:\n  epoch: 3\n")
     assert nightly.main(["--config", str(bad)]) == 2
     assert "train.epoch: unknown key" in capsys.readouterr().err
+
+
+def test_a_local_node_gets_laptop_defaults_and_a_variable_already_set_wins(monkeypatch) -> None:
+    from genre_ray.runtime import FOOTER_READERS_ENV, TRAIN_POLL_ENV, set_local_node_env
+
+    monkeypatch.delenv(FOOTER_READERS_ENV, raising=False)
+    monkeypatch.setenv(TRAIN_POLL_ENV, "3")
+    set_local_node_env(8)
+    assert os.environ[FOOTER_READERS_ENV] == "2"  # one footer reader per 4 CPUs
+    assert os.environ[TRAIN_POLL_ENV] == "3"  # the user's value, not ours
+
+    monkeypatch.delenv(TRAIN_POLL_ENV)
+    set_local_node_env(1)
+    assert os.environ[FOOTER_READERS_ENV] == "2"  # still the first value: setdefault, never overwritten
+    assert float(os.environ[TRAIN_POLL_ENV]) < 2.0  # Ray Train's own default is 2 s

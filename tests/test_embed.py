@@ -13,14 +13,8 @@ from factories import catalog_table, write_catalog
 
 from genre_ray import schema
 from genre_ray.config import Config, EmbedConfig
-from genre_ray.embed import (
-    ActorPlan,
-    embed_catalog,
-    embeddings_uri,
-    load_embeddings,
-    plan_actors,
-    read_embeddings,
-)
+from genre_ray.embed import embed_catalog, embeddings_uri, load_embeddings, read_embeddings
+from genre_ray.embed.actors import ActorPlan, plan_actors
 from genre_ray.encoder import TextEncoder
 from genre_ray.layout import RunLayout
 from genre_ray.text import DocumentBuilder, content_hash, encoder_id
@@ -191,7 +185,7 @@ def test_plan_is_limited_to_the_windows_there_are():
 
 
 def test_rows_of_another_cpu_backend_are_reembedded_and_still_count_for_removals(tmp_path):
-    from genre_ray.embed import _current_keys, _diff
+    from genre_ray.embed.diff import current_keys, diff_keys
 
     torch_id = encoder_id("minilm", 256, "mean", True)
     int8_id = encoder_id("minilm", 256, "mean", True, backend="onnx-int8")
@@ -206,6 +200,6 @@ def test_rows_of_another_cpu_backend_are_reembedded_and_still_count_for_removals
     )
     lance.write_dataset(stored, str(tmp_path / "e.lance"))
     catalog = pa.table({"movie_id": ["a", "b"], "content_hash": ["ha", "hb"]})
-    diff = _diff(catalog, _current_keys(lance.dataset(str(tmp_path / "e.lance")), torch_id))
+    diff = diff_keys(catalog, current_keys(lance.dataset(str(tmp_path / "e.lance")), torch_id))
     # "a" was made by onnx-int8: this torch run re-embeds it; "b" is reused; "gone" is removed either way
     assert diff.to_embed.to_pylist() == ["a"] and diff.removed.to_pylist() == ["gone"]

@@ -28,7 +28,7 @@ import pyarrow as pa
 import torch
 from factories import GENRES, catalog_table, clustered_embeddings, write_catalog
 
-import genre_ray.embed as embed_mod
+import genre_ray.embed.actors as embed_actors
 from genre_ray.config import Config
 from genre_ray.embed import embed_catalog, embeddings_uri, read_embeddings
 from genre_ray.layout import RunLayout
@@ -96,7 +96,7 @@ def test_killed_embedding_actor_is_restarted_and_every_row_embedded_once(ray_ses
     )
     marker = tmp_path / "actor-died"
 
-    original = embed_mod.EmbedBatch
+    original = embed_actors.EmbedBatch
 
     # Defined in the test (pickled by value into the actor). The process exits in its second window, once: the
     # marker survives the restart, so the replacement actor runs normally.
@@ -112,7 +112,7 @@ def test_killed_embedding_actor_is_restarted_and_every_row_embedded_once(ray_ses
                 os._exit(1)  # a hard crash: no exception, no cleanup, like an OOM kill
             return super().__call__(batch)
 
-    monkeypatch.setattr(embed_mod, "EmbedBatch", DiesInSecondWindow)
+    monkeypatch.setattr(embed_actors, "EmbedBatch", DiesInSecondWindow)
     stats = embed_catalog(cfg, layout)
 
     assert marker.exists(), "the injected actor crash never happened"

@@ -21,6 +21,7 @@ import lance
 import lancedb
 
 from genre_ray import storage
+from genre_ray.embed.dataset import embeddings_uri, open_embeddings
 from genre_ray.layout import RunLayout
 from genre_ray.runtime import in_workers
 from genre_ray.storage import StoragePath
@@ -67,16 +68,9 @@ def _prune_versions(ds: lance.LanceDataset, keep: dict[str, int]) -> int:
 
 
 def _compact_embeddings(uri: StoragePath) -> int:
-    """Compact the embeddings dataset and drop its old versions (nothing rolls back to old embeddings).
-
-    Opened with lance itself, not genre_ray.embed.open_embeddings: importing the embed stage (torch, transformers)
-    cost the pooled worker ~5 s, a quarter of a small catalog's publish."""
-
-    def dataset() -> lance.LanceDataset:
-        return lance.dataset(str(uri), storage_options=storage.lance_options(uri))
-
-    compact_dataset(dataset())
-    return _prune_versions(dataset(), {})
+    """Compact the embeddings dataset and drop its old versions (nothing rolls back to old embeddings)."""
+    compact_dataset(open_embeddings(uri))
+    return _prune_versions(open_embeddings(uri), {})
 
 
 def retain(store: Store, keep_publishes: int, layout: RunLayout | None = None) -> dict[str, Any]:
@@ -100,8 +94,6 @@ def retain(store: Store, keep_publishes: int, layout: RunLayout | None = None) -
         ds = store.db.open_table(name).to_lance()
         versions_removed += _prune_versions(ds, refs)
     if layout is not None:
-        from genre_ray.embed import embeddings_uri
-
         uri = embeddings_uri(layout)
         if uri.exists():
             # a rewrite of the catalog's embeddings: in a worker, never in the driver

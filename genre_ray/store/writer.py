@@ -32,6 +32,7 @@ import ray
 
 from genre_ray import storage
 from genre_ray.config import Config
+from genre_ray.embed.dataset import load_embeddings
 from genre_ray.layout import RunLayout
 from genre_ray.model import load_classifier
 from genre_ray.runtime import NodeLog, cluster_cpus, in_workers, init_ray
@@ -81,8 +82,6 @@ class PublishResult:
 
 def _load_embeddings(layout: RunLayout, ids: list[str] | None) -> ray.data.Dataset:
     """The embed stage's output; only the rows of `ids` when given (a small nightly delta), not every embedding."""
-    from genre_ray.embed import load_embeddings  # helper stage: the store reads it only here
-
     where = sql_in("movie_id", ids) if ids is not None else None
     embeddings = load_embeddings(layout, ["movie_id", "content_hash", "embedding"], where)
     # a fetch is at most DELTA_FILTER_MAX_IDS rows: materialised, it is counted and inferred from one read

@@ -52,7 +52,7 @@ def labelled_movies(
     streamed, in partitions of JOIN_ROWS_PER_PARTITION rows. Both give the same rows.
     """
     from genre_ray.catalog import load_catalog
-    from genre_ray.embed import load_embeddings  # the embed stage's reader: one place knows its storage format
+    from genre_ray.embed.dataset import load_embeddings  # lance: not needed by the tasks that run this module
 
     # each source counted before any projection, so Lance and in-memory sources answer from their metadata
     if embeddings is None:

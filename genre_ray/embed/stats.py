@@ -1,8 +1,7 @@
 """Token and timing accounting of the embed stage, kept light: the meter actor's process imports this module only.
 
 The meter is a Ray actor; Ray imports the module that defines it in the actor's process. Defined next to the stage
-(genre_ray.embed: torch, transformers, Lance) it cost ~7 CPU-s of imports per run, taken from the encoder actors
-on a small node.
+(torch, transformers, Lance) it cost ~7 CPU-s of imports per run, taken from the encoder actors on a small node.
 """
 
 from __future__ import annotations
