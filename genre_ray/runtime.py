@@ -38,6 +38,9 @@ FOOTER_READERS_ENV = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
 # variable to the controller (Ray Train propagates it), so it must be set before fit().
 TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 LOCAL_TRAIN_POLL_S = "0.5"
+# Ray Train starts a PreemptionWatcher actor per run to notice nodes an autoscaler drains; a node this process
+# started has no autoscaler, and the actor is one more process start (~3 CPU-s) on a laptop's cores.
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 # Ray's job supervisor hands a submitted driver its job config (runtime_env included) in this variable.
 _JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 # Loggers Ray configures with their own console handlers (propagate=False), so the root logger never sees them.
@@ -173,6 +176,7 @@ def set_local_node_env(num_cpus: int | None = None) -> None:
     ray.init; a variable already set wins."""
     os.environ.setdefault(FOOTER_READERS_ENV, str(max(1, (num_cpus or os.cpu_count() or 1) // 4)))
     os.environ.setdefault(TRAIN_POLL_ENV, LOCAL_TRAIN_POLL_S)
+    os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
 
 
 def init_ray(cfg: RayConfig) -> None:

@@ -151,13 +151,15 @@ def test_a_bad_config_fails_the_job_before_ray_starts(tmp_path: Path, monkeypatc
 
 
 def test_a_local_node_gets_laptop_defaults_and_a_variable_already_set_wins(monkeypatch) -> None:
-    from genre_ray.runtime import FOOTER_READERS_ENV, TRAIN_POLL_ENV, set_local_node_env
+    from genre_ray.runtime import FOOTER_READERS_ENV, PREEMPTION_WATCHER_ENV, TRAIN_POLL_ENV, set_local_node_env
 
     monkeypatch.delenv(FOOTER_READERS_ENV, raising=False)
+    monkeypatch.delenv(PREEMPTION_WATCHER_ENV, raising=False)
     monkeypatch.setenv(TRAIN_POLL_ENV, "3")
     set_local_node_env(8)
     assert os.environ[FOOTER_READERS_ENV] == "2"  # one footer reader per 4 CPUs
     assert os.environ[TRAIN_POLL_ENV] == "3"  # the user's value, not ours
+    assert os.environ[PREEMPTION_WATCHER_ENV] == "0"  # no autoscaler drains a node this process started
 
     monkeypatch.delenv(TRAIN_POLL_ENV)
     set_local_node_env(1)
