@@ -54,20 +54,21 @@ def labelled_movies(
     from genre_ray.catalog import load_catalog
     from genre_ray.embed.dataset import load_embeddings  # lance: not needed by the tasks that run this module
 
-    # each source counted before any projection, so Lance and in-memory sources answer from their metadata
+    # Counted only for the hash join's partitions, each source before any projection, so Lance and in-memory
+    # sources answer from their metadata.
     if embeddings is None:
         vectors = load_embeddings(layout, ["movie_id", "embedding"])  # projected by the scan, not a task per block
-        rows = vectors.count()
+        count = vectors.count
     elif isinstance(embeddings, pa.Table):
-        vectors, rows = ray.data.from_arrow(embeddings.select(["movie_id", "embedding"])), embeddings.num_rows
+        vectors, count = ray.data.from_arrow(embeddings.select(["movie_id", "embedding"])), lambda: embeddings.num_rows
     else:
-        vectors, rows = embeddings.select_columns(["movie_id", "embedding"]), embeddings.count()
+        vectors, count = embeddings.select_columns(["movie_id", "embedding"]), embeddings.count
     catalog = _catalog_dataset(layout)
     if catalog is not None and catalog.count_rows() <= broadcast_max_rows:
         columns = ["movie_id", "genres", "no_genres"]
         labels = _labelled_only(catalog.to_table(columns=columns, filter=~pc.field("no_genres")))
         return vectors.map_batches(_with_labels, fn_kwargs={"labels": labels}, batch_format="pyarrow")
-    partitions = max(1, math.ceil(rows / JOIN_ROWS_PER_PARTITION))
+    partitions = max(1, math.ceil(count() / JOIN_ROWS_PER_PARTITION))
     labels = load_catalog(layout, ["movie_id", "genres", "no_genres"])
     labels = labels.map_batches(_labelled_only, batch_format="pyarrow")
     return labels.join(vectors, join_type="inner", num_partitions=partitions, on=("movie_id",))
