@@ -38,7 +38,7 @@ from genre_ray.runtime import set_local_node_env
 set_local_node_env(1)  # one machine, as a local node: the same defaults
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
 for _ in range(2):
-    cluster.add_node(num_cpus=1)
+    cluster.add_node(num_cpus=1, wait=False)  # both raylets start at once; wait_for_nodes waits for them
 cluster.wait_for_nodes()
 ray.init(address=cluster.address, log_to_driver=False)
 # Ray Data starts an actor pool's actors asynchronously and ends the pool once its input is done: a 160-row stage
