@@ -203,3 +203,37 @@ def test_rows_of_another_cpu_backend_are_reembedded_and_still_count_for_removals
     diff = diff_keys(catalog, current_keys(lance.dataset(str(tmp_path / "e.lance")), torch_id))
     # "a" was made by onnx-int8: this torch run re-embeds it; "b" is reused; "gone" is removed either way
     assert diff.to_embed.to_pylist() == ["a"] and diff.removed.to_pylist() == ["gone"]
+
+
+# ------------------------------------------------------------------------------------------- what a process imports
+
+_IMPORTED = """
+import json, sys
+import {module}
+heavy = ("torch", "transformers", "lance_ray", "genre_ray.embed.stage")
+print(json.dumps(sorted(m for m in heavy if m in sys.modules)))
+"""
+
+
+@pytest.mark.parametrize(
+    ("module", "heavy"),
+    [
+        # an encoder actor's process: the encoder, not the stage's Lance writer
+        ("genre_ray.embed.actors", ["torch", "transformers"]),
+        # retention's compaction and the diff task: neither the encoder nor lance_ray
+        ("genre_ray.embed.dataset", []),
+        ("genre_ray.embed.diff", []),
+        ("genre_ray.store.maintenance", []),
+    ],
+)
+def test_a_worker_imports_only_what_its_job_needs(module: str, heavy: list[str]) -> None:
+    """Ray imports a function's or actor's module (and its package) in every process that runs it: each second of
+    imports is paid once per actor or pooled worker."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _IMPORTED.format(module=module)], capture_output=True, text=True, check=True
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == heavy

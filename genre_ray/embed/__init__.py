@@ -9,8 +9,9 @@ or actor defined in it: the encoder actors import `actors`, the diff task `diff`
 them should pay for the others (lance_ray alone is ~3 s of imports per process, torch ~3 s).
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from genre_ray.lazy import lazy_attributes
 
 if TYPE_CHECKING:  # type checkers and IDEs see the lazy names below
     from genre_ray.embed.dataset import embeddings_uri, load_embeddings, open_embeddings, read_embeddings
@@ -33,8 +34,4 @@ _LAZY = {
     "read_embeddings": "dataset",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(f"genre_ray.embed.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)

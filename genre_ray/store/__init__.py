@@ -7,9 +7,9 @@ indexes, in a Ray task), `maintenance` (compaction, retention, status), `models`
 models), `recall` (ANN recall of the served indexes).
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from genre_ray.lazy import lazy_attributes
 from genre_ray.sql import sql_in, sql_str
 from genre_ray.store.errors import LeaseError, StoreError
 from genre_ray.store.lease import writer_lease
@@ -45,8 +45,4 @@ if TYPE_CHECKING:  # type checkers and IDEs see the lazy names below
 # tasks, import this package without paying for it.
 _LAZY = {"publish": "writer", "PublishResult": "writer"}
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(f"genre_ray.store.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -9,9 +9,9 @@ training rows run functions of `data` in pooled workers, which would otherwise i
 Ray Train (seconds per fresh worker) for nothing.
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from genre_ray.lazy import lazy_attributes
 from genre_ray.train.data import TrainingData, Vocabulary, labelled_movies, prepare
 
 if TYPE_CHECKING:  # type checkers and IDEs see the lazy names below
@@ -44,11 +44,7 @@ _LAZY = {
     "worker_plan": "trainer",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(f"genre_ray.train.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = [
