@@ -1,7 +1,8 @@
 """The encoder actor pool: how many actors with how many threads (plan_actors), and the map_batches callable.
 
 Ray imports this module in every encoder actor's process, so it imports only what an actor runs: the encoder
-(torch, transformers), Arrow and the meter. The stage (Lance writes, the catalog diff) lives in `stage`.
+(torch, transformers) and Arrow; the meter arrives as an actor handle. The stage (Lance writes, the catalog diff)
+lives in `stage`.
 """
 
 from __future__ import annotations
