@@ -12,6 +12,7 @@ model load (reported on their own rows) are not in it. All rows count the same r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import tempfile
@@ -24,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from bench.machine import describe
 from genre_ray.config import Config
 from genre_ray.encoder import TextEncoder, resolve_model_path
 from genre_ray.layout import RunLayout
@@ -107,7 +109,9 @@ def main() -> None:
     table = catalog_slice(cfg, workdir, args.n, args.catalog)
     docs = table["document"].to_pylist()
     n = len(docs)
+    machine = describe()
     print(f"{n} TMDB documents, batch size {args.batch_size}, device {device}, torch threads {torch.get_num_threads()}")
+    print(f"CPU: {machine.summary()}")
 
     if device == "cpu":
         t0 = time.perf_counter()
@@ -190,6 +194,7 @@ def main() -> None:
             "docs": n,
             "device": device,
             "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
+            "machine": dataclasses.asdict(machine),
             "batch_size": args.batch_size,
             "torch_threads": torch.get_num_threads(),
             "ray_start_seconds": ray_start,

@@ -123,6 +123,9 @@ def main() -> None:
     from genre_ray.runtime import init_ray
     from genre_ray.train import load_training_table, train_on_table
 
+    base = Config()
+    # Before the first Ray Data call, which would otherwise start Ray with worker output sent to this terminal.
+    init_ray(base.ray)
     if args.from_run:
         table = load_training_table(RunLayout.of(args.from_run))
         source = f"pipeline run {args.from_run} (catalog + embed stage)"
@@ -133,14 +136,12 @@ def main() -> None:
     if args.embed_only:
         return
 
-    base = Config()
     overrides = {}
     for item in args.set:
         key, value = item.split("=", 1)
         overrides[key] = json.loads(value)
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
-    init_ray(base.ray)
     results = []
     recipes = [("mixup", base.train.mixup_factor or 10), ("no mixup", 0)]
     recipes = [r for r in recipes if args.only in (None, r[0].replace(" ", "-"))]

@@ -112,7 +112,7 @@ def report(out: Path, steps: list[dict[str, Any]], dry_run: bool) -> dict[str, A
     (out / "gpu_check.json").write_text(json.dumps(data, indent=2, default=str))
     lines = [
         f"GPU check{' (DRY RUN on CPU: not GPU figures)' if dry_run else ''}: {embed.get('gpu') or embed.get('device')}"
-        f", {embed.get('docs', '?')} synthetic documents",
+        f", {embed.get('docs', '?')} synthetic documents; CPU {(embed.get('machine') or {}).get('cpu', '?')}",
         "",
         "| method | docs/s | tokens/s | vs plain loop | note |",
         "| --- | --- | --- | --- | --- |",
