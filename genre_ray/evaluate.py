@@ -365,7 +365,8 @@ def infer(classifier: LoadedClassifier, text: np.ndarray, batch: int = 2048) -> 
     spectra, probs = [], []
     with torch.inference_mode():
         for start in range(0, len(text), batch):
-            s = classifier.model.spectrum(torch.from_numpy(text[start : start + batch]))
+            # A copy per batch: `text` may be a read-only view of Arrow memory, which torch warns about sharing.
+            s = classifier.model.spectrum(torch.tensor(text[start : start + batch]))
             spectra.append(s.numpy())
             probs.append(torch.sigmoid(classifier.model.head(s)).numpy())
     return np.concatenate(spectra), np.concatenate(probs)
