@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from genre_ray.runtime import configure_output
+    from genre_ray.output import configure_output
 
     configure_output(args.verbose)
     try:
@@ -337,10 +337,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_output(args.verbose, log_file)
         print(f"log: {log_file}" + ("" if args.verbose else " (Ray and library messages; --verbose shows them here)"))
     from genre_ray.catalog import CatalogError
-    from genre_ray.errors import PreconditionError
+    from genre_ray.errors import PreconditionError, RayConnectError
     from genre_ray.model import ModelError
     from genre_ray.recommend import BadQuery
-    from genre_ray.runtime import RayConnectError
     from genre_ray.store import LeaseError, StoreError
     from genre_ray.text import TemplateError
 

@@ -8,3 +8,7 @@ from __future__ import annotations
 
 class PreconditionError(ValueError):
     """A stage's input is valid but cannot produce anything useful (e.g. no labelled movies to train on)."""
+
+
+class RayConnectError(RuntimeError):
+    """ray.init could not connect; the message says what to set."""

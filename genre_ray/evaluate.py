@@ -40,10 +40,9 @@ from genre_ray.metrics import (
     coherence_at_k,
     hit_and_ndcg_from_counts,
     mean_with_ci,
-    unit_rows,
 )
 from genre_ray.model import LoadedClassifier, load_classifier
-from genre_ray.ranking import Fixed, RankCounts, exact_dot, rank_chunks, to_fixed
+from genre_ray.ranking import Fixed, RankCounts, exact_dot, rank_chunks, to_fixed, unit_rows
 from genre_ray.split import split_of
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import numpy as np
 from scipy.stats import bootstrap
 from sklearn.metrics import average_precision_score, f1_score
 
-from genre_ray.ranking import nearest_neighbours
+from genre_ray.ranking import nearest_neighbours, unit_rows
 
 
 @dataclass(frozen=True)
@@ -72,13 +72,6 @@ def mean_with_ci(values: np.ndarray, seed: int, resamples: int = 2000) -> dict[s
         (values,), np.mean, n_resamples=resamples, method="percentile", rng=np.random.default_rng(seed)
     ).confidence_interval
     return {"mean": mean, "ci_low": float(ci.low), "ci_high": float(ci.high)}
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """L2-normalised rows; an all-zero row stays zero (its cosine with anything is 0, not nan)."""
-    x = np.asarray(x, dtype=np.float64)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
 
 
 def coherence_at_k(

@@ -39,6 +39,13 @@ class Fixed:
         return len(self.hi)
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """L2-normalised rows; an all-zero row stays zero (its cosine with anything is 0, not nan)."""
+    x = np.asarray(x, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+
+
 def fixed_bits(dim: int) -> int:
     """The most bits per part for which a dim-long sum of part products stays below 2**53."""
     return (_MANTISSA_BITS - math.ceil(math.log2(max(dim, 2)))) // 2

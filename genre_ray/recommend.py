@@ -19,7 +19,7 @@ import numpy as np
 from genre_ray import schema
 from genre_ray.config import Config
 from genre_ray.layout import RunLayout
-from genre_ray.metrics import unit_rows
+from genre_ray.ranking import unit_rows
 from genre_ray.store import Filters, Store
 
 # How many candidates per requested result the re-rankers see; enough for MMR to find diverse neighbours.

@@ -33,7 +33,7 @@ def run_job(name: str, description: str, stages: Sequence[str], argv: Sequence[s
 
 
 def execute(args: argparse.Namespace, stages: Sequence[str]) -> int:
-    from genre_ray.runtime import configure_output
+    from genre_ray.output import configure_output
 
     # A job log is read after the fact: our own INFO lines, short and line-based; Ray's chatter stays in its
     # session logs (and Ray Data logs one total-progress line, not one per operator).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -70,3 +71,31 @@ def test_unknown_language_lists_the_languages_of_the_store(ray_session, tmp_path
     # a known language with nothing in the year range is an empty answer, not an error
     assert main(["similar", "Movie 3", "--workdir", str(tmp_path), "--language", "fr", "--years", "1870-1871"]) == 0
     assert "(no results)" in capsys.readouterr().out
+
+
+_QUERY = """
+import json, sys
+from genre_ray.cli import main
+code = main(sys.argv[1:])
+print(json.dumps([code, sorted(m for m in ("ray", "scipy", "sklearn") if m in sys.modules)]))
+"""
+
+
+def test_a_query_starts_without_ray_or_the_metrics_stack(ray_session, tmp_path):
+    """`similar` / `for-user` read the store and the model: importing Ray (~0.7 s) or scipy and scikit-learn (~1.5 s)
+    for them was a third of every query's time."""
+    catalog = catalog_table(40)
+    cfg, layout = make_run(tmp_path, catalog)
+    publish(cfg, layout, run_id="r1", embeddings=embeddings_for(catalog))
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    for args in (["similar", "Movie 3"], ["for-user", "--history", "1003,1005"]):
+        done = subprocess.run(
+            [sys.executable, "-c", _QUERY, *args, "--workdir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            cwd=REPO_ROOT,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip().splitlines()[-1] == json.dumps([0, []]), done.stdout

@@ -14,7 +14,6 @@ from genre_ray.metrics import (
     hit_and_ndcg_at_k,
     mean_with_ci,
     recall_at_k,
-    unit_rows,
 )
 
 INF = -np.inf
@@ -88,11 +87,6 @@ def test_recall_at_k():
     approx = [["a", "b", "c"], ["x", "y", "z"]]
     exact = [["a", "b", "d"], ["x", "y", "z"]]
     assert recall_at_k(approx, exact, k=3) == pytest.approx((2 / 3 + 1) / 2)
-
-
-def test_unit_rows_keeps_zero_rows_zero():
-    out = unit_rows(np.array([[3.0, 4.0], [0.0, 0.0]]))
-    np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0]])
 
 
 def test_classification_metrics_hand_computed():

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from genre_ray import runtime
+from genre_ray import output
 from genre_ray.cli import _closing_lines
 
 
@@ -14,7 +14,7 @@ from genre_ray.cli import _closing_lines
 def restore_logging():
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
-    ray_saved = {n: (list(logging.getLogger(n).handlers), logging.getLogger(n).propagate) for n in runtime.RAY_LOGGERS}
+    ray_saved = {n: (list(logging.getLogger(n).handlers), logging.getLogger(n).propagate) for n in output.RAY_LOGGERS}
     yield
     for handler in list(root.handlers):
         root.removeHandler(handler)
@@ -26,13 +26,13 @@ def restore_logging():
         logger.handlers[:] = handlers
         logger.propagate = propagate
     logging.captureWarnings(False)
-    runtime.OUTPUT.verbose = False
+    output.OUTPUT.verbose = False
 
 
 def test_quiet_mode_routes_ray_chatter_to_the_log_file(tmp_path, capfd, restore_logging):
     log_file = tmp_path / "logs" / "genre-ray.log"
-    runtime.configure_output(verbose=False, log_file=log_file)
-    runtime.route_ray_loggers()
+    output.configure_output(verbose=False, log_file=log_file)
+    output.route_ray_loggers()
     logging.getLogger("ray.data").info("Execution plan of Dataset: noise")
     logging.getLogger("ray.train").warning("PlacementGroupCleaner: Failed to query Ray Train Controller")
     logging.getLogger("genre_ray.embed").warning("our own warning")
@@ -53,8 +53,8 @@ def test_quiet_mode_routes_ray_chatter_to_the_log_file(tmp_path, capfd, restore_
 
 
 def test_verbose_shows_everything(tmp_path, capfd, restore_logging):
-    runtime.configure_output(verbose=True, log_file=tmp_path / "x.log")
-    runtime.route_ray_loggers()  # a no-op when verbose
+    output.configure_output(verbose=True, log_file=tmp_path / "x.log")
+    output.route_ray_loggers()  # a no-op when verbose
     logging.getLogger("genre_ray.x").info("chatter")
     assert "chatter" in capfd.readouterr().err
 

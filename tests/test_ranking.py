@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from genre_ray.metrics import coherence_at_k, unit_rows
-from genre_ray.ranking import exact_dot, fixed_bits, nearest_neighbours, to_fixed
+from genre_ray.metrics import coherence_at_k
+from genre_ray.ranking import exact_dot, fixed_bits, nearest_neighbours, to_fixed, unit_rows
 
 
 @pytest.mark.parametrize("dim", [4, 20, 384])
@@ -62,3 +62,8 @@ def test_coherence_does_not_depend_on_the_chunks():
     reference = coherence_at_k(vectors, labels, queries, k=5)
     for rows, cols in ((1, 1), (3, 11), (1000, 1000)):
         assert coherence_at_k(vectors, labels, queries, 5, rows, cols).tolist() == reference.tolist()
+
+
+def test_unit_rows_keeps_zero_rows_zero():
+    out = unit_rows(np.array([[3.0, 4.0], [0.0, 0.0]]))
+    np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0]])

@@ -4,18 +4,11 @@
 on Ray and writes the catalog, the rejects and the accounting.
 """
 
+from typing import TYPE_CHECKING
+
 from genre_ray.catalog.adapters import MOVIELENS_ID_PREFIX, movielens_movie_id
 from genre_ray.catalog.sources import CatalogError
-from genre_ray.catalog.stage import (
-    CatalogUnusable,
-    IngestResult,
-    catalog_source,
-    ingest,
-    load_catalog,
-    read_catalog,
-    read_field_warnings,
-    read_rejects,
-)
+from genre_ray.lazy import lazy_attributes
 
 __all__ = [
     "MOVIELENS_ID_PREFIX",
@@ -30,3 +23,33 @@ __all__ = [
     "read_field_warnings",
     "read_rejects",
 ]
+
+if TYPE_CHECKING:  # type checkers and IDEs see the lazy names below
+    from genre_ray.catalog.stage import (
+        CatalogUnusable,
+        IngestResult,
+        catalog_source,
+        ingest,
+        load_catalog,
+        read_catalog,
+        read_field_warnings,
+        read_rejects,
+    )
+
+# Lazy: the stage runs on Ray. The CLI names CatalogError for every command, and a query (`similar`, `for-user`)
+# should not pay for importing Ray to do it.
+_LAZY = {
+    name: "stage"
+    for name in (
+        "CatalogUnusable",
+        "IngestResult",
+        "catalog_source",
+        "ingest",
+        "load_catalog",
+        "read_catalog",
+        "read_field_warnings",
+        "read_rejects",
+    )
+}
+
+__getattr__ = lazy_attributes(__name__, _LAZY)
