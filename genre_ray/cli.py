@@ -337,8 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_output(args.verbose, log_file)
         print(f"log: {log_file}" + ("" if args.verbose else " (Ray and library messages; --verbose shows them here)"))
     from genre_ray.catalog import CatalogError
-    from genre_ray.errors import PreconditionError, RayConnectError
-    from genre_ray.model import ModelError
+    from genre_ray.errors import ModelError, PreconditionError, RayConnectError
     from genre_ray.recommend import BadQuery
     from genre_ray.store import LeaseError, StoreError
     from genre_ray.text import TemplateError

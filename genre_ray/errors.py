@@ -12,3 +12,7 @@ class PreconditionError(ValueError):
 
 class RayConnectError(RuntimeError):
     """ray.init could not connect; the message says what to set."""
+
+
+class ModelError(RuntimeError):
+    """A model directory that cannot be served: missing, torn by a crash, or weights that do not match."""

@@ -15,6 +15,7 @@ from safetensors.torch import load, save_file
 from torch import nn
 
 from genre_ray import storage
+from genre_ray.errors import ModelError
 from genre_ray.layout import atomic_write, atomic_write_text
 from genre_ray.storage import StoragePath
 
@@ -87,10 +88,6 @@ def weights_version(state: dict[str, torch.Tensor]) -> str:
         h.update(key.encode())
         h.update(state[key].numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-class ModelError(RuntimeError):
-    """A model directory that cannot be served: missing, torn by a crash, or weights that do not match."""
 
 
 def file_sha256(path: StoragePath) -> str:

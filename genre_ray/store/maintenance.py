@@ -23,7 +23,6 @@ import lancedb
 from genre_ray import storage
 from genre_ray.embed.dataset import embeddings_uri, open_embeddings
 from genre_ray.layout import RunLayout
-from genre_ray.runtime import in_workers
 from genre_ray.storage import StoragePath
 from genre_ray.store import manifest as manifests
 from genre_ray.store import models
@@ -97,6 +96,8 @@ def retain(store: Store, keep_publishes: int, layout: RunLayout | None = None) -
         uri = embeddings_uri(layout)
         if uri.exists():
             # a rewrite of the catalog's embeddings: in a worker, never in the driver
+            from genre_ray.runtime import in_workers  # here: `store status` reads and never starts Ray
+
             versions_removed += in_workers(_compact_embeddings, [(uri,)])[0]
     removed_models = models.prune_models(store.dir, {m["model_version"] for m in kept})
     if dropped or versions_removed:
