@@ -1,7 +1,7 @@
 """What a command prints: our own lines and errors on the terminal, everyone's messages in the run's log file.
 
-No Ray here: the query commands (`similar`, `for-user`, `store status`) configure their output too, and should not
-pay a second of imports for a Ray they never start. `runtime` applies these settings to Ray when it starts it.
+No Ray here: the queries (`similar`, `for-user`) configure their output too, and should not pay a second of imports
+for a Ray they never start. `runtime` applies these settings to Ray when it starts it.
 """
 
 from __future__ import annotations

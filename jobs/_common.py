@@ -45,9 +45,10 @@ def execute(args: argparse.Namespace, stages: Sequence[str]) -> int:
         return 2
 
     # Imported late: `--help` and config errors should not pay for importing Ray and the stage modules.
+    from genre_ray.errors import PreconditionError, RayConnectError
     from genre_ray.layout import RunLayout
     from genre_ray.pipeline import run_stages
-    from genre_ray.runtime import RayConnectError, init_ray
+    from genre_ray.runtime import init_ray
 
     try:
         init_ray(cfg.ray)
@@ -57,7 +58,6 @@ def execute(args: argparse.Namespace, stages: Sequence[str]) -> int:
     layout = RunLayout.of(cfg.workdir, cfg.storage.options)
     log.info("stages %s, workdir %s", list(stages), layout.root)
     from genre_ray.catalog import CatalogError
-    from genre_ray.errors import PreconditionError
     from genre_ray.storage import StorageError
     from genre_ray.store import LeaseError
 
