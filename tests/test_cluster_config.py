@@ -127,6 +127,15 @@ def test_rayjob_manifest_runs_an_existing_job_on_the_cluster_config() -> None:
     assert gpu and gpu[0]["minReplicas"] == 0
 
 
+def test_raycronjob_schedules_the_rayjob_unchanged_and_never_overlaps() -> None:
+    cron = _yaml(REPO / "deploy" / "raycronjob-nightly.yaml")
+    assert cron["apiVersion"] == "ray.io/v1" and cron["kind"] == "RayCronJob"
+    assert cron["spec"]["jobTemplate"] == _yaml(REPO / "deploy" / "rayjob-nightly.yaml")["spec"]
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    minute, hour, *rest = cron["spec"]["schedule"].split()
+    assert minute.isdigit() and hour.isdigit() and rest == ["*", "*", "*"]
+
+
 @pytest.mark.parametrize("name", ["embed", "train", "publish", "nightly", "evaluate"])
 def test_every_job_module_parses_its_arguments(name: str) -> None:
     module = importlib.import_module(f"jobs.{name}")
