@@ -74,11 +74,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 def _stage_cmd(stages: list[str]):
     def run(cfg: Config, args: argparse.Namespace) -> int:
-        from genre_ray.pipeline import nightly_plan, run_stages
+        from genre_ray.pipeline import check_inputs, nightly_plan, run_stages
         from genre_ray.runtime import init_ray
 
-        init_ray(cfg.ray)
         plan = nightly_plan(args.retrain) if stages == ["nightly"] else list(stages)
+        check_inputs(RunLayout.of(cfg.workdir, cfg.storage.options), plan)  # before a Ray node starts
+        init_ray(cfg.ray)
         report = run_stages(
             cfg, plan, promote=getattr(args, "promote", False), break_lock=getattr(args, "break_lock", False)
         )

@@ -30,7 +30,7 @@ import pyarrow as pa
 import torch
 
 from genre_ray import schema
-from genre_ray.catalog import read_catalog
+from genre_ray.catalog.reader import read_catalog
 from genre_ray.config import Config, EvalConfig
 from genre_ray.embed.dataset import read_embeddings
 from genre_ray.layout import RunLayout, atomic_write_text

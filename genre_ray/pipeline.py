@@ -29,6 +29,8 @@ STAGES = ("ingest", "embed", "train", "publish", "evaluate")
 NIGHTLY = ("ingest", "embed", "train?", "publish")
 # Stages that write the run's artifacts or the store: a run with any of them holds the store's writer lease.
 MUTATING = {"ingest", "embed", "train", "publish"}
+# Stages that read the ingested catalog (see check_inputs).
+READS_CATALOG = {"embed", "train", "publish", "evaluate"}
 
 
 def nightly_plan(retrain: bool) -> list[str]:
@@ -135,6 +137,20 @@ def expand(stages: Sequence[str]) -> list[str]:
     return out
 
 
+def check_inputs(layout: RunLayout, stages: Sequence[str]) -> None:
+    """Raise CatalogMissing (naming the path, saying to run ingest) when a stage would read a catalog that no
+    ingest wrote: checked on the driver in a second, not after Ray has started and a worker failed to read it."""
+    for stage in expand(stages):
+        name = stage.rstrip("?")
+        if name == "ingest":
+            return
+        if name in READS_CATALOG:
+            from genre_ray.catalog.reader import catalog_files
+
+            catalog_files(layout)
+            return
+
+
 def run_stages(
     cfg: Config,
     stages: Sequence[str],
@@ -153,6 +169,7 @@ def run_stages(
     layout = RunLayout.of(cfg.workdir, cfg.storage.options)
     run_id = run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     plan = expand(stages)
+    check_inputs(layout, plan)
     if not MUTATING & {s.rstrip("?") for s in plan}:
         return _run_plan(cfg, layout, run_id, plan, echo, promote)
     from genre_ray import storage

@@ -28,14 +28,12 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray
 import ray.data
@@ -44,6 +42,7 @@ from ray.data.context import ShuffleStrategy
 
 from genre_ray import schema, storage
 from genre_ray.catalog.adapters import BUILTIN, Adapter, FieldWarning, Limits, RowError, detect, mapped
+from genre_ray.catalog.reader import CURRENT
 from genre_ray.catalog.sources import (
     CatalogError,
     Record,
@@ -59,7 +58,7 @@ from genre_ray.catalog.sources import (
 from genre_ray.config import CatalogConfig, Config, TextConfig
 from genre_ray.layout import RunLayout, atomic_write, atomic_write_text
 from genre_ray.runtime import init_ray
-from genre_ray.storage import StoragePath, inputs
+from genre_ray.storage import inputs
 from genre_ray.text import DocumentBuilder, content_hash, encoder_id
 
 log = logging.getLogger(__name__)
@@ -553,11 +552,6 @@ def _merge_parts(parts: list[FileReport]) -> list[FileReport]:
     return [finish_report(rep) for rep in merged.values()]
 
 
-# The pointer to the current catalog generation under layout.movies. Object stores cannot rename a directory, so a
-# new catalog is written beside the old one and this one small object switches readers to it.
-CURRENT = "_current.json"
-
-
 def _write_movies(kept: ray.data.Dataset, layout: RunLayout) -> None:
     generation = datetime.now(UTC).strftime("g-%Y%m%dT%H%M%S") + f"-{uuid.uuid4().hex[:8]}"
     target = layout.movies / generation
@@ -602,50 +596,3 @@ def _account(reports: list[FileReport], warnings: list[str]) -> IngestResult:
         rows_with_field_warnings=sum(r.rows_with_field_warnings for r in reports),
         field_warnings_by_reason=dict(sorted(warned.items())),
     )
-
-
-def catalog_files(layout: RunLayout) -> list[StoragePath]:
-    """The Parquet files of the current catalog generation, in order (a catalog written before generations
-    existed, or by a test, is files directly in layout.movies)."""
-    pointer = layout.movies / CURRENT
-    current = layout.movies / json.loads(pointer.read_text())["generation"] if pointer.exists() else layout.movies
-    files = sorted(current.glob("*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"{layout.movies}: no catalog here; run the ingest stage first")
-    return files
-
-
-def catalog_source(layout: RunLayout) -> tuple[Any, list[str]]:
-    """(filesystem, paths) of the current catalog files for pyarrow and Ray Data readers (filesystem None: local)."""
-    files = catalog_files(layout)
-    return storage.arrow_fs(files[0])[0], [storage.arrow_fs(f)[1] for f in files]
-
-
-def read_catalog(layout: RunLayout, columns: Sequence[str] | None = None) -> pa.Table:
-    """The normalised catalog as written, in file and row order (for small consumers; big ones: load_catalog).
-
-    Pass `columns` when the documents are not needed: they are most of the catalog's bytes.
-    """
-    fs, paths = catalog_source(layout)
-    dataset = pads.dataset(paths, format="parquet", schema=schema.CATALOG, filesystem=fs)
-    return dataset.to_table(columns=list(columns) if columns is not None else None)
-
-
-def load_catalog(layout: RunLayout, columns: Sequence[str] | None = None) -> ray.data.Dataset:
-    fs, paths = catalog_source(layout)
-    if columns is not None:
-        return ray.data.read_parquet(paths, columns=list(columns), filesystem=fs)
-    return ray.data.read_parquet(paths, schema=schema.CATALOG, filesystem=fs)
-
-
-def _read_table(path: StoragePath) -> pa.Table:
-    fs, p = storage.arrow_fs(path)
-    return pq.read_table(p, filesystem=fs)
-
-
-def read_rejects(layout: RunLayout) -> pa.Table:
-    return _read_table(layout.rejects)
-
-
-def read_field_warnings(layout: RunLayout) -> pa.Table:
-    return _read_table(layout.field_warnings)

@@ -12,7 +12,7 @@ import lance
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from genre_ray.catalog import read_catalog
+from genre_ray.catalog.reader import read_catalog
 from genre_ray.embed.dataset import stored_embeddings
 from genre_ray.layout import RunLayout
 from genre_ray.storage import StoragePath

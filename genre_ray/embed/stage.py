@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import ray
 
 from genre_ray import schema, storage
-from genre_ray.catalog import load_catalog
+from genre_ray.catalog.reader import load_catalog
 from genre_ray.config import Config
 from genre_ray.embed.actors import ActorPlan, embed_dataset, plan_actors
 from genre_ray.embed.dataset import embeddings_uri, open_embeddings, stored_embeddings

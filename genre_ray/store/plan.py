@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from genre_ray.catalog import read_catalog
+from genre_ray.catalog.reader import read_catalog
 from genre_ray.config import StoreConfig
 from genre_ray.layout import RunLayout
 from genre_ray.runtime import worker_result

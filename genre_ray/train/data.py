@@ -51,7 +51,7 @@ def labelled_movies(
     `broadcast_max_rows` movies has its labels sent to every embedding block; a bigger one is hash-joined,
     streamed, in partitions of JOIN_ROWS_PER_PARTITION rows. Both give the same rows.
     """
-    from genre_ray.catalog import load_catalog
+    from genre_ray.catalog.reader import load_catalog
     from genre_ray.embed.dataset import load_embeddings  # lance: not needed by the tasks that run this module
 
     # Counted only for the hash join's partitions, each source before any projection, so Lance and in-memory
@@ -85,11 +85,11 @@ def _with_labels(batch: pa.Table, labels: pa.Table) -> pa.Table:
 
 def _catalog_dataset(layout: RunLayout) -> pads.Dataset | None:
     """The catalog's Parquet files as a pyarrow dataset (counted from metadata), or None before any ingest."""
-    from genre_ray.catalog import catalog_source
+    from genre_ray.catalog.reader import CatalogMissing, catalog_source
 
     try:
         fs, files = catalog_source(layout)
-    except FileNotFoundError:
+    except CatalogMissing:
         return None
     return pads.dataset(files, format="parquet", filesystem=fs) if files else None
 
