@@ -25,6 +25,12 @@ CATALOG = pa.schema(
         pa.field("overview", pa.string()),
         pa.field("tagline", pa.string()),
         pa.field("keywords", pa.list_(pa.string())),
+        # production companies, production countries (names) and spoken languages (English names, e.g. "French")
+        pa.field("studios", pa.list_(pa.string())),
+        pa.field("countries", pa.list_(pa.string())),
+        pa.field("spoken_languages", pa.list_(pa.string())),
+        # the title in the film's own language, as the source has it (often equal to `title`)
+        pa.field("original_title", pa.string()),
         *(pa.field(name, typ) for name, typ in NUMERIC_FIELDS.items()),
         pa.field("source_file", pa.string(), nullable=False),
         pa.field("source_row", pa.int64(), nullable=False),

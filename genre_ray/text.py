@@ -17,9 +17,12 @@ from genre_ray.config import TextConfig
 from genre_ray.schema import CATALOG
 
 LABEL_FIELDS = frozenset({"genres"})
-# What a template may name: the catalog's fields plus the derived money texts. A typo ($overveiw) would otherwise
+# Derived fields: the money texts, and the original title only where it differs from the title (most films'
+# original title is their title: rendered always it would repeat the first sentence).
+DERIVED_FIELDS = frozenset({"budget_text", "revenue_text", "original_title_text"})
+# What a template may name: the catalog's fields plus the derived ones. A typo ($overveiw) would otherwise
 # silently drop its part from every document.
-TEMPLATE_FIELDS = frozenset(set(CATALOG.names) - {"document", "content_hash"} | {"budget_text", "revenue_text"})
+TEMPLATE_FIELDS = frozenset(set(CATALOG.names) - {"document", "content_hash"} | DERIVED_FIELDS)
 
 
 class TemplateError(ValueError):
@@ -34,6 +37,16 @@ def _money(value: Any) -> str | None:
         if v >= div:
             return f"${v / div:.1f} {unit}"
     return f"${v:.0f}"
+
+
+def _fold(title: Any) -> str:
+    return " ".join(str(title).casefold().split())
+
+
+def _other_title(original: Any, title: Any) -> str | None:
+    if not _present(original) or (_present(title) and _fold(original) == _fold(title)):
+        return None
+    return str(original)
 
 
 def _present(value: Any) -> bool:
@@ -83,6 +96,7 @@ class DocumentBuilder:
         values = {k: v for k, v in row.items() if k not in LABEL_FIELDS or self.include_genres}
         values["budget_text"] = _money(row.get("budget"))
         values["revenue_text"] = _money(row.get("revenue"))
+        values["original_title_text"] = _other_title(row.get("original_title"), row.get("title"))
         out = []
         for template, fields in self.parts:
             present = {f: _render(values[f]) for f in fields if _present(values.get(f))}

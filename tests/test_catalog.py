@@ -72,6 +72,17 @@ def test_tmdb_adapter_on_real_rows(ray_session, tmp_path):
     assert (avatar["year"], avatar["language"], avatar["votes"], avatar["rating"]) == (2009, "en", 11800, 7.2)
     assert (avatar["budget"], avatar["revenue"], avatar["runtime"]) == (237_000_000, 2_787_965_087, 162)
     assert avatar["tagline"] == "Enter the World of Pandora."
+    assert avatar["studios"] == [
+        "Ingenious Film Partners",
+        "Twentieth Century Fox Film Corporation",
+        "Dune Entertainment",
+        "Lightstorm Entertainment",
+    ]
+    assert avatar["countries"] == ["United States of America", "United Kingdom"]
+    # TMDB names languages in themselves ("Español"); the catalog holds their English names
+    assert (avatar["spoken_languages"], avatar["original_title"]) == (["English", "Spanish"], "Avatar")
+    assert "Studios: Ingenious Film Partners, Twentieth Century Fox" in avatar["document"]
+    assert "Original title" not in avatar["document"]  # the same as the title: not repeated
     assert avatar["source_row"] == 2 and not avatar["no_overview"] and not avatar["no_genres"]
     assert avatar["overview"] in avatar["document"] and "Science Fiction" not in avatar["document"]
     assert len(avatar["content_hash"]) == 32
@@ -377,6 +388,23 @@ def test_unclosed_quote_swallowing_to_end_of_file_recovers_every_later_line(tmp_
         (adapters.split_on("|"), "(no genres listed)", []),
         (adapters.movielens_title, "Heat (1995)", "Heat"),
         (adapters.movielens_title, "Babylon 5", "Babylon 5"),
+        (
+            adapters.json_languages,
+            '[{"iso_639_1": "fr", "name": "Fran\\u00e7ais"}, {"iso_639_1": "el", "name": ""}]',
+            ["French", "Modern Greek"],
+        ),
+        # TMDB's own codes (cn: Cantonese, xx: no language); an unknown code keeps TMDB's name, or is dropped
+        (
+            adapters.json_languages,
+            '[{"iso_639_1": "cn", "name": "x"}, {"iso_639_1": "xx", "name": "No Language"}]',
+            ["Cantonese"],
+        ),
+        (
+            adapters.json_languages,
+            '[{"iso_639_1": "qq", "name": "Klingon"}, {"iso_639_1": "qq", "name": ""}]',
+            ["Klingon"],
+        ),
+        (adapters.language_labels(adapters.labels), "fr|English|de", ["French", "English", "German"]),
     ],
 )
 def test_value_parsers(parse, value, expected):
@@ -400,3 +428,20 @@ def test_value_parsers(parse, value, expected):
 def test_value_parser_problems(parse, value, problem):
     with pytest.raises(adapters.Problem, match=re.escape(problem)):
         parse(value)
+
+
+def test_a_bad_studios_or_languages_value_is_a_warning_not_a_reject():
+    _, records = read_records(SourceFile(index=0, path=str(TMDB), format="csv"))
+    avatar = next(records).values
+    limits = adapters.Limits(max_overview_chars=20_000, max_title_chars=1_000)
+    broken = {**avatar, "production_companies": '[{"name": "Pixar"', "spoken_languages": '{"iso_639_1": "en"}'}
+    warnings: list[adapters.FieldWarning] = []
+    row = adapters.TMDB.normalise(broken, limits, warnings=warnings)
+    assert (row["title"], row["studios"], row["spoken_languages"]) == ("Avatar", None, None)
+    assert row["countries"] == ["United States of America", "United Kingdom"]
+    assert [(w.column, w.kind) for w in warnings] == [
+        ("production_companies", "not valid JSON"),
+        ("spoken_languages", "not a JSON list"),
+    ]
+    with pytest.raises(adapters.RowError, match="production_companies: studios: not valid JSON"):
+        adapters.TMDB.normalise(broken, limits, strict=True)

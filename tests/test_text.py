@@ -49,7 +49,9 @@ def test_documents_do_not_depend_on_the_labels(tmdb_rows):
 def test_genre_words_in_documents_come_from_the_overview_not_the_labels(tmdb_rows):
     build = DocumentBuilder(TextConfig())
     for row in tmdb_rows:
-        without_text = {**row, "overview": None, "tagline": None, "title": "Untitled"}
+        # Studio names are the source's words too ("Pixar Animation Studios"): genre words there are signal.
+        without_text = {**row, "overview": None, "tagline": None, "title": "Untitled", "studios": None}
+        without_text["original_title"] = None
         # Stripped of free text, no document mentions a genre name: nothing in the template renders labels.
         assert _genre_mentions(build(without_text), sorted(TMDB_GENRES)) == set()
 
@@ -100,3 +102,23 @@ def test_content_hash_changes_with_the_document_and_the_encoder():
 def test_templates_with_unknown_fields_are_refused():
     with pytest.raises(TemplateError, match=r"unknown field\(s\) \['overveiw'\]"):
         DocumentBuilder(TextConfig(parts=["$title.", "$overveiw"]))
+
+
+def test_studios_countries_languages_and_a_different_original_title_render(tmdb_rows):
+    build = DocumentBuilder(TextConfig())
+    parts = TextConfig(parts=["$title.", "Original title: $original_title_text.", "Studios: $studios."])
+    build_few = DocumentBuilder(parts)
+    amelie = {"title": "Amélie", "original_title": "Le Fabuleux Destin d'Amélie Poulain", "studios": ["UGC"]}
+    assert build_few(amelie) == "Amélie. Original title: Le Fabuleux Destin d'Amélie Poulain. Studios: UGC."
+    # the same title in other case or spacing is not a second title
+    assert build_few({**amelie, "original_title": " amélie "}) == "Amélie. Studios: UGC."
+    with_other = [r for r in tmdb_rows if r["original_title"] != r["title"]]
+    assert with_other, "the first 300 TMDB movies include films released under another title"
+    for row in tmdb_rows:
+        doc = build(row)
+        assert ("Original title: " in doc) == (row in with_other)
+        for field, label in (("studios", "Studios"), ("countries", "Countries"), ("spoken_languages", "Spoken")):
+            if row[field]:
+                assert f"{label}" in doc and row[field][0] in doc
+            else:
+                assert f"{label}" not in doc

@@ -9,6 +9,7 @@ what somebody has to fix in the file.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import math
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import pycountry
 from dateutil import parser as dateutil_parser
 
 from genre_ray.catalog.sources import CatalogError
@@ -254,8 +256,7 @@ def _labels(names: Iterable[Any]) -> list[str]:
     return out
 
 
-def json_names(value: Any) -> list[str]:
-    """TMDB's '[{"id": 28, "name": "Action"}, ...]'; a plain JSON list of strings is accepted too."""
+def _json_list(value: Any) -> list[Any]:
     if _missing(value):
         return []
     items = value
@@ -266,8 +267,60 @@ def json_names(value: Any) -> list[str]:
             raise Problem("not valid JSON", f"{err.msg} at column {err.colno}") from None
     if not isinstance(items, (list, tuple)):
         raise Problem("not a JSON list", type(items).__name__)
-    names = [item.get("name") if isinstance(item, dict) else item for item in items]
-    return _labels(names)
+    return list(items)
+
+
+def json_names(value: Any) -> list[str]:
+    """TMDB's '[{"id": 28, "name": "Action"}, ...]'; a plain JSON list of strings is accepted too."""
+    return _labels(item.get("name") if isinstance(item, dict) else item for item in _json_list(value))
+
+
+# TMDB's language codes that are not ISO 639-1: "cn" is its code for Cantonese, "xx" means "no language".
+_TMDB_LANGUAGES: dict[str, str | None] = {"cn": "Cantonese", "xx": None}
+_QUALIFIER = re.compile(r"\s*\([^)]*\)$")
+
+
+@functools.lru_cache(maxsize=1024)
+def english_language_name(code: str) -> str | None:
+    """The English name of an ISO 639-1/-3 code ("fr" -> "French"), or None for a code that is not one."""
+    key = code.strip().lower()
+    if key in _TMDB_LANGUAGES:
+        return _TMDB_LANGUAGES[key]
+    if not 2 <= len(key) <= 3 or not key.isalpha():
+        return None
+    found = pycountry.languages.get(**{"alpha_2" if len(key) == 2 else "alpha_3": key})
+    if found is None:
+        return None
+    # ISO's qualifiers ("Modern Greek (1453-)", "Swahili (macrolanguage)") are noise in a document
+    return _QUALIFIER.sub("", getattr(found, "common_name", None) or found.name) or found.name
+
+
+def _language_label(item: Any) -> Any:
+    if isinstance(item, dict):
+        # TMDB names a language in itself ("Français", "日本語", sometimes ""); the encoder reads English.
+        code = item.get("iso_639_1")
+        named = english_language_name(code) if isinstance(code, str) else None
+        if named is not None or (isinstance(code, str) and code.strip().lower() in _TMDB_LANGUAGES):
+            return named or ""
+        return item.get("name") or ""
+    if isinstance(item, str):
+        return english_language_name(item) or item
+    return item
+
+
+def json_languages(value: Any) -> list[str]:
+    """TMDB's '[{"iso_639_1": "fr", "name": "Français"}, ...]' as English names (["French"]); unknown codes keep
+    TMDB's name, entries with neither are dropped. A JSON list of codes or names is accepted too."""
+    return _labels(_language_label(item) for item in _json_list(value))
+
+
+def language_labels(parse: Parser) -> Parser:
+    """`parse`'s labels with ISO language codes replaced by English names ("fr" -> "French")."""
+
+    def wrapped(value: Any) -> list[str]:
+        return _labels(_language_label(name) for name in parse(value))
+
+    return wrapped
 
 
 def split_on(separators: str | Sequence[str]) -> Parser:
@@ -465,6 +518,10 @@ TMDB = Adapter(
         "overview": ("overview", text),
         "tagline": ("tagline", text),
         "keywords": ("keywords", optional_list(json_names)),
+        "studios": ("production_companies", optional_list(json_names)),
+        "countries": ("production_countries", optional_list(json_names)),
+        "spoken_languages": ("spoken_languages", optional_list(json_languages)),
+        "original_title": ("original_title", text),
         "rating": ("vote_average", real),
         "votes": ("vote_count", count),
         "popularity": ("popularity", real),
@@ -494,6 +551,7 @@ _MAPPED_PARSERS: dict[str, Parser] = {
     "year": year,
     "overview": text,
     "tagline": text,
+    "original_title": text,
     **{name: count if name == "votes" else real for name in NUMERIC_FIELDS},
 }
 
@@ -503,12 +561,15 @@ NORMALISED = Adapter(
         **{name: (name, _MAPPED_PARSERS[name]) for name in ("movie_id", "title")},
         "genres": ("genres", labels),
         **{name: (name, p) for name, p in _MAPPED_PARSERS.items() if name not in ("movie_id", "title")},
-        "keywords": ("keywords", optional_list(labels)),
+        **{name: (name, optional_list(labels)) for name in ("keywords", "studios", "countries")},
+        "spoken_languages": ("spoken_languages", optional_list(language_labels(labels))),
     },
     signature=frozenset({"movie_id", "title"}),
 )
 
-MAPPABLE_FIELDS = frozenset({*_MAPPED_PARSERS, "genres", "keywords"})
+# list fields a mapped catalog splits like its genres (catalog.genre_separator)
+_MAPPED_LISTS = ("keywords", "studios", "countries", "spoken_languages")
+MAPPABLE_FIELDS = frozenset({*_MAPPED_PARSERS, "genres", *_MAPPED_LISTS})
 
 
 def mapped(columns: Mapping[str, str], genre_separator: str | Sequence[str]) -> Adapter:
@@ -526,7 +587,8 @@ def mapped(columns: Mapping[str, str], genre_separator: str | Sequence[str]) -> 
         raise CatalogError("catalog.genre_separator: give a non-empty separator, a list of them, or 'json'")
     is_json = isinstance(genre_separator, str) and genre_separator.strip().lower() == "json"
     list_parser = json_names if is_json else split_on(genre_separator)
-    parsers = {**_MAPPED_PARSERS, "genres": list_parser, "keywords": optional_list(list_parser)}
+    parsers = {**_MAPPED_PARSERS, "genres": list_parser, **{name: optional_list(list_parser) for name in _MAPPED_LISTS}}
+    parsers["spoken_languages"] = optional_list(language_labels(list_parser))
     order = [name for name in ("movie_id", "title") if name in columns]
     order += sorted(set(columns) - {"movie_id", "title"})
     return Adapter(
