@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
-import math
-import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -126,105 +125,103 @@ def _print_sample(cfg: Config) -> None:
     print(format_results(results))
 
 
-# ---- query arguments: argparse `type=` validators, so a bad value exits 2 with "argument --x: ..." and usage ----
+# ---- query arguments: argparse `type=` validators over genre_ray.query (the service's checks and messages), so a
+# bad value exits 2 with "argument --x: ..." and usage ----
 
-_YEARS = re.compile(r"(?P<lo>\d{1,4})?\s*-\s*(?P<hi>\d{1,4})?|(?P<one>\d{1,4})")
+
+def _arg(check):
+    def parse(text: str):
+        from genre_ray.query import QueryError
+
+        try:
+            return check(text)
+        except QueryError as err:
+            raise argparse.ArgumentTypeError(err.message) from None
+
+    return parse
 
 
 def year_range(text: str) -> tuple[int | None, int | None]:
     """'1990-1999', '2000-', '-1999' or '1995' -> inclusive (lo, hi); None is an open end."""
-    m = _YEARS.fullmatch(text.strip())
-    if m is None or not any(m.groups()):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a year range: use 1990-1999, 2000-, -1999 or 1995")
-    if m["one"]:
-        return int(m["one"]), int(m["one"])
-    lo, hi = (int(m[g]) if m[g] else None for g in ("lo", "hi"))
-    if lo is not None and hi is not None and lo > hi:
-        raise argparse.ArgumentTypeError(f"{text!r}: the first year is after the second")
-    return lo, hi
+    from genre_ray.query import check_years
 
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be 1 or more")
-    return value
-
-
-def unit_interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"{text!r}: must be between 0 and 1")
-    return value
-
-
-def weight_list(text: str) -> list[float]:
-    """'5,4,4.5' -> [5.0, 4.0, 4.5]: finite, non-negative, not all zero."""
-    weights = []
-    for item in _ids(text):
-        try:
-            w = float(item)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{item!r} is not a number (give e.g. 5,4,4.5)") from None
-        if not math.isfinite(w) or w < 0:
-            raise argparse.ArgumentTypeError(f"{item!r}: weights must be finite and 0 or more")
-        weights.append(w)
-    if not weights or not any(weights):
-        raise argparse.ArgumentTypeError(f"{text!r}: give at least one weight above 0")
-    return weights
-
-
-def _ids(text: str | None) -> list[str]:
-    return [t.strip() for t in (text or "").split(",") if t.strip()]
+    return _arg(check_years)(text)
 
 
 def _add_query_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--k", type=positive_int, default=None, help="how many results (default: recommend.k)")
-    p.add_argument("--language", help="only this original language, e.g. en")
+    from genre_ray import query
+
+    p.add_argument(
+        "--k", type=_arg(query.check_k), default=None, help=f"how many results, 1..{query.MAX_K} (default: recommend.k)"
+    )
+    p.add_argument("--language", type=_arg(query.check_language), help="only this original language, e.g. en")
     p.add_argument("--years", type=year_range, help="year range, e.g. 1990-1999, 2000-, -1999 or 1995")
-    p.add_argument("--exclude", help="comma-separated movie ids to leave out")
-    p.add_argument("--popularity-weight", type=unit_interval, default=None, help="blend with a popularity prior, 0..1")
-    p.add_argument("--mmr", type=unit_interval, default=None, help="MMR diversity lambda, 0..1 (1 = pure relevance)")
+    p.add_argument("--exclude", help=f"comma-separated movie ids to leave out (at most {query.MAX_EXCLUDE})")
+    p.add_argument(
+        "--popularity-weight",
+        type=_arg(lambda t: query.check_unit_interval(t, "popularity_weight")),
+        default=None,
+        help="blend with a popularity prior, 0..1 (default: the publish's serving parameters)",
+    )
+    p.add_argument(
+        "--mmr",
+        type=_arg(lambda t: query.check_unit_interval(t, "mmr")),
+        default=None,
+        help="MMR diversity lambda, 0..1 (1 = pure relevance)",
+    )
+    p.add_argument("--json", action="store_true", help="print the HTTP service's JSON answer (publish + results)")
 
 
-def _query_kwargs(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "k": args.k or cfg.recommend.k,
-        "language": args.language,
-        "year_range": args.years,
-        "exclude_ids": _ids(args.exclude),
-        "popularity_weight": args.popularity_weight,
-        "mmr_lambda": args.mmr,
-    }
+def _ranking(args: argparse.Namespace):
+    """The parsed flags through the shared checks (the per-flag ones already ran as argparse types)."""
+    from genre_ray import query
+
+    return query.Ranking(
+        k=args.k,
+        language=args.language,
+        year_range=args.years,
+        exclude_ids=tuple(query.check_ids(args.exclude, "exclude", query.MAX_EXCLUDE)),
+        popularity_weight=args.popularity_weight,
+        mmr_lambda=args.mmr,
+    )
+
+
+def _print_answer(view: Any, results: Any, as_json: bool) -> None:
+    """--json: exactly the service's answer (the publish, then the results); otherwise the table a person reads."""
+    from genre_ray.query import response
+    from genre_ray.recommend import format_results
+
+    print(json.dumps(response(view, results), indent=2, ensure_ascii=False) if as_json else format_results(results))
+
+
+def _query_error(err: Exception) -> int:
+    print(f"error: argument --{err.param.replace('_', '-')}: {err.message}", file=sys.stderr)
+    return 2
 
 
 def _similar(cfg: Config, args: argparse.Namespace) -> int:
-    from genre_ray.recommend import Recommender, format_results
+    from genre_ray import query
+    from genre_ray.recommend import Recommender
 
+    try:
+        q = query.similar(args.title, _ranking(args))
+    except query.QueryError as err:
+        return _query_error(err)
     rec = Recommender(cfg, RunLayout.of(cfg.workdir, cfg.storage.options))
-    print(format_results(rec.similar(args.title, **_query_kwargs(cfg, args))))
+    _print_answer(*query.run_similar(rec, q), args.json)
     return 0
 
 
 def _for_user(cfg: Config, args: argparse.Namespace) -> int:
-    from genre_ray.recommend import Recommender, format_results
+    from genre_ray import query
+    from genre_ray.recommend import Recommender
 
-    history = _ids(args.history)
-    if not history:
-        print("error: --history: give at least one movie id or title", file=sys.stderr)
-        return 2
-    weights = args.weights
-    if weights is not None and len(weights) != len(history):
-        print(f"error: --weights has {len(weights)} values for {len(history)} --history ids", file=sys.stderr)
-        return 2
+    try:
+        q = query.for_user(args.history, args.weights, args.negative, _ranking(args))
+    except query.QueryError as err:
+        return _query_error(err)
     rec = Recommender(cfg, RunLayout.of(cfg.workdir, cfg.storage.options))
-    print(format_results(rec.for_user(history, weights, **_query_kwargs(cfg, args))))
+    _print_answer(*query.run_for_user(rec, q), args.json)
     return 0
 
 
@@ -306,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("for-user", "recommendations for a viewer's history", _for_user)
     p.add_argument("--history", required=True, help="comma-separated movie ids the viewer watched / liked")
-    p.add_argument("--weights", type=weight_list, help="comma-separated weights, one per history id (e.g. ratings)")
+    p.add_argument("--weights", help="comma-separated weights, one per history id (e.g. ratings)")
+    p.add_argument("--negative", help="comma-separated movie ids the viewer wants less like (never recommended)")
     _add_query_args(p)
 
     p = command("rollback", "point readers back at a previous publish (and pin its model)", _rollback)

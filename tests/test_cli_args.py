@@ -46,7 +46,7 @@ def test_bad_query_arguments_exit_2_with_a_message(args, message):
 def test_weights_must_match_the_history(tmp_path, capsys):
     assert main(["for-user", "--history", "1,2,3", "--weights", "5,4", "--workdir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "error: --weights has 2 values for 3 --history ids" in err
+    assert "error: argument --weights: 2 weights for 3 history ids" in err
 
 
 def test_good_year_forms_parse():

@@ -14,7 +14,7 @@ from genre_ray.sql import sql_in, sql_str
 from genre_ray.store.errors import LeaseError, StoreError
 from genre_ray.store.lease import writer_lease
 from genre_ray.store.partitions import ivf_pq_params, partition_tables, route, table_name, table_names
-from genre_ray.store.reader import RESULT_COLUMNS, TITLE_KEY, VECTOR, Filters, Store, title_key
+from genre_ray.store.reader import RESULT_COLUMNS, TITLE_KEY, VECTOR, Filters, Publish, Store, View, title_key
 
 __all__ = [
     "RESULT_COLUMNS",
@@ -22,9 +22,11 @@ __all__ = [
     "VECTOR",
     "Filters",
     "LeaseError",
+    "Publish",
     "PublishResult",
     "Store",
     "StoreError",
+    "View",
     "ivf_pq_params",
     "partition_tables",
     "publish",
