@@ -225,6 +225,27 @@ def _for_user(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(cfg: Config, args: argparse.Namespace) -> int:
+    import time
+
+    from genre_ray.runtime import init_ray
+    from genre_ray.serve import deployment
+    from genre_ray.store import Store
+
+    Store(RunLayout.of(cfg.workdir, cfg.storage.options).store_dir).require_manifest()  # a clear error, not a replica's
+    init_ray(cfg.ray)
+    url = deployment.start(cfg, args.host, args.port, args.replicas)
+    print(f"serving {cfg.workdir} at {url} (docs: {url}/docs); Ctrl-C stops", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        deployment.stop()
+    return 0
+
+
 def _rollback(cfg: Config, args: argparse.Namespace) -> int:
     from genre_ray.store import Store, StoreError, writer_lease
     from genre_ray.store.models import restore_model
@@ -306,6 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="comma-separated weights, one per history id (e.g. ratings)")
     p.add_argument("--negative", help="comma-separated movie ids the viewer wants less like (never recommended)")
     _add_query_args(p)
+
+    p = command("serve", "the HTTP recommendation service (Ray Serve) over the published store", _serve)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--replicas", type=int, default=1, help="Serve replicas (each holds one view of the store)")
 
     p = command("rollback", "point readers back at a previous publish (and pin its model)", _rollback)
     p.add_argument("--to", help="run id to roll back to (default: the publish before the current one)")
