@@ -106,6 +106,11 @@ class EmbedConfig(Section):
     incremental: bool = True
     # docs per map_batches call; inside it docs are sorted by token length into batch_size batches (less padding)
     sort_window: int = Field(1024, gt=0)
+    # Where documents are tokenised. actor: inside the encoder actor. stage: a CPU map_batches stage of its own
+    # (tokenizer actors sized from the node's CPUs) that hands the encoder length-sorted token windows, so a GPU
+    # actor only pads, copies and runs the model. auto: stage when the encoder actors have GPUs; on CPU-only nodes
+    # actor, which measured no slower on 2 cores (docs/embedding.md).
+    tokenize: Literal["auto", "actor", "stage"] = "auto"
 
 
 class TrainConfig(Section):
