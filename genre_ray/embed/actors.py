@@ -8,7 +8,7 @@ lives in `stage`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pyarrow as pa
@@ -106,9 +106,8 @@ def plan_tokenizers(plan: ActorPlan, cluster_resources: dict[str, float]) -> tup
         free = reservable - plan.num_actors * plan.num_cpus
         if free >= 1.0:
             return plan, TokenizerPlan(int(free), 1.0)
-        return plan, TokenizerPlan(1, max(free, reservable / 2) if free > 0 else reservable / 2)
-    per_encoder = min(plan.num_cpus, reservable / 2 / plan.num_actors)
-    encoders = ActorPlan(plan.num_actors, 0.0, per_encoder, plan.threads, plan.device)
+    # CPU encoders, or too few CPUs for whole ones: encoders and tokenizers split the reservable CPUs half and half
+    encoders = replace(plan, num_cpus=min(plan.num_cpus, reservable / 2 / plan.num_actors))
     tokenizers = max(1, int(reservable / 2))
     return encoders, TokenizerPlan(tokenizers, reservable / 2 / tokenizers)
 
