@@ -188,11 +188,16 @@ class EvalConfig(Section):
     links_path: str = str(DEFAULT_LINKS)
     like_threshold: float = 4.0
     k: int = Field(10, gt=0)
-    long_tail_max_ratings: int = Field(10, ge=1)
-    popularity_blend: float = Field(0.3, ge=0.0, le=1.0)
-    # true: the spectrum+popularity weight is picked on a validation slice (each user's second-to-last like, test
-    # targets removed) and popularity_blend is not used; false: popularity_blend as given
-    tune_blend: bool = True
+    # cold-item protocol: the rated movies are split into this many seeded folds; each fold's movies lose every
+    # training interaction once, and results pool over the folds (so every rated movie is cold once)
+    cold_folds: int = Field(5, ge=2)
+    # long-tail protocol: the head is the most popular movies that hold this share of the training interactions
+    head_share: float = Field(0.8, gt=0.0, lt=1.0)
+    # users whose served top k is fetched through the Recommender on the published store (one query each)
+    served_users: int = Field(100, gt=0)
+    # genre classification and coherence run over a seeded sample of at most this many catalog movies (the rated
+    # ones are always kept): the driver holds that sample's vectors, not the catalog's; None = every movie
+    coherence_pool: int | None = Field(50_000, gt=0)
     # query vectors sampled from each served table for the IVF-PQ vs exact-search recall
     ann_queries: int = Field(200, gt=0)
     # users scored (test and validation slices alike): None = every user with a held-out like, else a seeded sample

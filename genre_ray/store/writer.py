@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from genre_ray import storage
+from genre_ray import serving_params, storage
 from genre_ray.config import Config
 from genre_ray.embed.dataset import load_embeddings
 from genre_ray.layout import RunLayout
@@ -221,7 +221,16 @@ def publish(
         plan.unchanged,
         " (full rebuild)" if plan.full else "",
     )
-    if previous is not None and not plan.full and plan.upserted == 0 and plan.deleted == 0:
+    # what evaluate chose for this model (model/serving_params.json), else the config's recommend defaults
+    serving = serving_params.to_manifest(
+        serving_params.read(layout.model_dir, loaded.model_version)
+        or serving_params.ServingParams(
+            popularity_weight=cfg.recommend.popularity_weight, mmr_lambda=cfg.recommend.mmr_lambda, chosen_by="config"
+        )
+    )
+    # new serving parameters alone are a change worth a manifest: evaluate runs after the publish it scores
+    unchanged_serving = previous is not None and previous.get(serving_params.MANIFEST_KEY) == serving
+    if previous is not None and not plan.full and plan.upserted == 0 and plan.deleted == 0 and unchanged_serving:
         return PublishResult(
             run_id=previous["run_id"],
             rows_total=store.count(),
@@ -275,6 +284,7 @@ def publish(
         "catch_all": catch_all,
         "tables": tables,
         "stats": {"rows": sum(t["rows"] for t in tables.values()), "max_log_votes": math.log1p(plan.max_votes)},
+        serving_params.MANIFEST_KEY: serving,
     }
     _commit(store, manifest, previous)
     maintenance.retain(store, cfg.store.keep_publishes, layout)
