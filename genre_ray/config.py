@@ -109,7 +109,7 @@ class EmbedConfig(Section):
     # Where documents are tokenised. actor: inside the encoder actor. stage: a CPU map_batches stage of its own
     # (tokenizer actors sized from the node's CPUs) that hands the encoder length-sorted token windows, so a GPU
     # actor only pads, copies and runs the model. auto: stage when the encoder actors have GPUs; on CPU-only nodes
-    # actor, which measured no slower on 2 cores (docs/embedding.md).
+    # actor, the simpler one, until `bench.embed --overhead` on a quiet node says otherwise (docs/embedding.md).
     tokenize: Literal["auto", "actor", "stage"] = "auto"
 
 
