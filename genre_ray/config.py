@@ -12,15 +12,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
 
+from genre_ray.errors import ConfigError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "data"
 DEFAULT_CATALOG = DATA_DIR / "tmdb-5000" / "tmdb_5000_movies.csv"
 DEFAULT_RATINGS = DATA_DIR / "movielens-latest-small" / "ratings.csv"
 DEFAULT_LINKS = DATA_DIR / "movielens-latest-small" / "links.csv"
-
-
-class ConfigError(ValueError):
-    """A configuration file that cannot be used; the message names the file and the key."""
 
 
 class Section(BaseModel):

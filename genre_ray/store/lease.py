@@ -26,9 +26,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from genre_ray import storage
+from genre_ray.errors import LeaseError
 from genre_ray.storage import StoragePath
 from genre_ray.storage.records import claim, numbered, record_path
-from genre_ray.store.errors import LeaseError
 
 log = logging.getLogger(__name__)
 

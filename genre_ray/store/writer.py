@@ -33,6 +33,7 @@ import ray
 from genre_ray import serving_params, storage
 from genre_ray.config import Config
 from genre_ray.embed.dataset import load_embeddings
+from genre_ray.errors import StoreError
 from genre_ray.layout import RunLayout
 from genre_ray.model import load_classifier
 from genre_ray.runtime import NodeLog, cluster_cpus, in_workers, init_ray
@@ -40,7 +41,6 @@ from genre_ray.spectrum import compute_spectrum
 from genre_ray.sql import sql_in
 from genre_ray.store import maintenance, models
 from genre_ray.store import manifest as manifests
-from genre_ray.store.errors import StoreError
 from genre_ray.store.partitions import route, table_name, table_names
 from genre_ray.store.plan import PublishPlan, plan_publish
 from genre_ray.store.reader import TITLE_KEY, Store
