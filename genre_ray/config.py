@@ -171,8 +171,9 @@ class StoreConfig(Section):
     spectrum_cpus: float = Field(0.5, gt=0)
     # publishes kept for rollback; Lance versions and model copies only older publishes used are removed
     keep_publishes: int = Field(14, ge=1)
-    # a writer lease older than this is stale (its writer is presumed dead) and is taken over
-    lease_timeout_s: float = Field(6 * 3600, gt=0)
+    # a writer lease not renewed for this long is stale (its writer is presumed dead) and is taken over; the holder
+    # renews it every sixth of this, however long the run (store/lease.py has the timing argument)
+    lease_timeout_s: float = Field(15 * 60, gt=0)
 
 
 class RecommendConfig(Section):

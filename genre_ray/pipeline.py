@@ -16,10 +16,13 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from genre_ray.config import Config
 from genre_ray.layout import RunLayout, atomic_write_text
+
+if TYPE_CHECKING:
+    from genre_ray.store.lease import Lease
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +59,10 @@ def _train(cfg: Config, layout: RunLayout) -> Any:
     return train_classifier(cfg, layout)
 
 
-def _publish(cfg: Config, layout: RunLayout, run_id: str, promote: bool) -> Any:
+def _publish(cfg: Config, layout: RunLayout, run_id: str, promote: bool, lease: Lease | None) -> Any:
     from genre_ray.store import publish
 
-    return publish(cfg, layout, run_id=run_id, promote=promote)
+    return publish(cfg, layout, run_id=run_id, promote=promote, lease=lease)
 
 
 def _evaluate(cfg: Config, layout: RunLayout) -> Any:
@@ -191,14 +194,21 @@ def run_stages(
     storage.check_access(layout.root)
     from genre_ray.store import writer_lease
 
-    with writer_lease(layout.store_dir, run_id, cfg.store.lease_timeout_s, break_lock):
+    with writer_lease(layout.store_dir, run_id, cfg.store.lease_timeout_s, break_lock) as lease:
         init_ray(cfg.ray)  # after the lease: a refused writer exits 3 at once, without starting a Ray node
-        return _run_plan(cfg, layout, run_id, plan, echo, promote)
+        return _run_plan(cfg, layout, run_id, plan, echo, promote, lease)
 
 
 def _run_plan(
-    cfg: Config, layout: RunLayout, run_id: str, plan: list[str], echo: Callable[[str], None], promote: bool
+    cfg: Config,
+    layout: RunLayout,
+    run_id: str,
+    plan: list[str],
+    echo: Callable[[str], None],
+    promote: bool,
+    lease: Lease | None = None,
 ) -> RunReport:
+    """`lease`: the writer lease a mutating run holds, checked before each stage (a lost one stops the run)."""
     report = RunReport(
         run_id=run_id,
         workdir=str(layout.root),
@@ -211,7 +221,7 @@ def _run_plan(
         "ingest": lambda: _ingest(cfg, layout),
         "embed": lambda: _embed(cfg, layout),
         "train": lambda: _train(cfg, layout),
-        "publish": lambda: _publish(cfg, layout, run_id, promote or "train" in report.outputs),
+        "publish": lambda: _publish(cfg, layout, run_id, promote or "train" in report.outputs, lease),
         "evaluate": lambda: _evaluate(cfg, layout),
     }
     name = plan[0].rstrip("?") if plan else ""
@@ -222,6 +232,8 @@ def _run_plan(
                 echo(f"[{name}] skipped: output already in {layout.root}")
                 report.results[name] = {"status": "skipped"}
                 continue
+            if lease is not None:
+                lease.check()
             echo(f"[{name}] running")
             t0 = time.perf_counter()
             result = runners[name]()

@@ -41,6 +41,7 @@ from genre_ray.spectrum import compute_spectrum
 from genre_ray.sql import sql_in
 from genre_ray.store import maintenance, models
 from genre_ray.store import manifest as manifests
+from genre_ray.store.lease import Lease
 from genre_ray.store.partitions import route, table_name, table_names
 from genre_ray.store.plan import PublishPlan, plan_publish
 from genre_ray.store.reader import TITLE_KEY, Store
@@ -189,11 +190,13 @@ def publish(
     *,
     embeddings: ray.data.Dataset | pa.Table | None = None,
     promote: bool = False,
+    lease: Lease | None = None,
 ) -> PublishResult:
     """Bring the store up to date with the catalog + embeddings + model in `layout`, then switch readers to it.
 
     `embeddings` defaults to the embed stage's output; pass a Dataset/Table to publish other vectors. `promote`:
-    serve model/ even if a rollback pinned the store to an earlier model (a deliberate retrain sets it).
+    serve model/ even if a rollback pinned the store to an earlier model (a deliberate retrain sets it). `lease`:
+    the writer lease the caller holds, checked right before readers are switched (a lost one switches nothing).
     """
     start = time.perf_counter()
     init_ray(cfg.ray)
@@ -286,7 +289,7 @@ def publish(
         "stats": {"rows": sum(t["rows"] for t in tables.values()), "max_log_votes": math.log1p(plan.max_votes)},
         serving_params.MANIFEST_KEY: serving,
     }
-    _commit(store, manifest, previous)
+    _commit(store, manifest, previous, lease)
     maintenance.retain(store, cfg.store.keep_publishes, layout)
     return PublishResult(
         run_id=run_id,
@@ -303,7 +306,9 @@ def publish(
     )
 
 
-def _commit(store: Store, manifest: dict[str, Any], previous: Mapping[str, Any] | None) -> None:
+def _commit(store: Store, manifest: dict[str, Any], previous: Mapping[str, Any] | None, lease: Lease | None) -> None:
+    if lease is not None:
+        lease.check()  # a writer whose lease was taken over must not switch readers to what it wrote
     # switched only if no other writer switched since `previous` was read (the lease makes that the normal case)
     manifests.record(store.dir, manifest, based_on=previous)
 
