@@ -12,13 +12,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
 
-from genre_ray.errors import ConfigError
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "data"
 DEFAULT_CATALOG = DATA_DIR / "tmdb-5000" / "tmdb_5000_movies.csv"
 DEFAULT_RATINGS = DATA_DIR / "movielens-latest-small" / "ratings.csv"
 DEFAULT_LINKS = DATA_DIR / "movielens-latest-small" / "links.csv"
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names the file and the key."""
 
 
 class Section(BaseModel):
@@ -104,11 +106,6 @@ class EmbedConfig(Section):
     incremental: bool = True
     # docs per map_batches call; inside it docs are sorted by token length into batch_size batches (less padding)
     sort_window: int = Field(1024, gt=0)
-    # Where documents are tokenised. actor: inside the encoder actor. stage: a CPU map_batches stage of its own
-    # (tokenizer actors sized from the node's CPUs) that hands the encoder length-sorted token windows, so a GPU
-    # actor only pads, copies and runs the model. auto: stage when the encoder actors have GPUs; on CPU-only nodes
-    # actor, the simpler one, until `bench.embed --overhead` on a quiet node says otherwise (docs/embedding.md).
-    tokenize: Literal["auto", "actor", "stage"] = "auto"
 
 
 class TrainConfig(Section):
@@ -126,6 +123,12 @@ class TrainConfig(Section):
     # mixed samples per real sample per epoch (the method's ~10x); 0 disables mixup
     mixup_factor: int = Field(10, ge=0)
     pos_weight: bool = False
+    # bce | asl (asymmetric: easy negatives down-weighted by gamma_neg, below clip dropped) | focal (gamma_neg on
+    # both sides, no clip); see genre_ray.train.losses
+    loss: Literal["bce", "asl", "focal"] = "bce"
+    loss_gamma_neg: float = Field(4.0, ge=0)
+    loss_gamma_pos: float = Field(0.0, ge=0)
+    loss_clip: float = Field(0.05, ge=0, lt=1)
     val_fraction: float = Field(0.2, gt=0, lt=1)
     # every worker scores the whole val set each epoch: cap it (a seeded sample of the val split) so that cost and
     # the threshold search stay flat as the catalog grows
@@ -152,6 +155,10 @@ class TrainConfig(Section):
     tune_threshold: bool = True
     # early stopping watches this validation metric (higher is better)
     monitor: Literal["map", "micro_f1", "macro_f1"] = "map"
+    # A retrain is served only if its validation micro-F1 and mAP are each at most this much below the served
+    # model's on the same validation movies (genre_ray.train.gate); a worse one waits in model_candidate/ for
+    # `publish --promote`. Seed-to-seed spread on TMDB is ~0.005, so the default tolerates noise, not regressions.
+    max_regression: float = Field(0.01, ge=0)
 
 
 class StoreConfig(Section):
@@ -171,9 +178,8 @@ class StoreConfig(Section):
     spectrum_cpus: float = Field(0.5, gt=0)
     # publishes kept for rollback; Lance versions and model copies only older publishes used are removed
     keep_publishes: int = Field(14, ge=1)
-    # a writer lease not renewed for this long is stale (its writer is presumed dead) and is taken over; the holder
-    # renews it every sixth of this, however long the run (store/lease.py has the timing argument)
-    lease_timeout_s: float = Field(15 * 60, gt=0)
+    # a writer lease older than this is stale (its writer is presumed dead) and is taken over
+    lease_timeout_s: float = Field(6 * 3600, gt=0)
 
 
 class RecommendConfig(Section):
@@ -187,16 +193,11 @@ class EvalConfig(Section):
     links_path: str = str(DEFAULT_LINKS)
     like_threshold: float = 4.0
     k: int = Field(10, gt=0)
-    # cold-item protocol: the rated movies are split into this many seeded folds; each fold's movies lose every
-    # training interaction once, and results pool over the folds (so every rated movie is cold once)
-    cold_folds: int = Field(5, ge=2)
-    # long-tail protocol: the head is the most popular movies that hold this share of the training interactions
-    head_share: float = Field(0.8, gt=0.0, lt=1.0)
-    # users whose served top k is fetched through the Recommender on the published store (one query each)
-    served_users: int = Field(100, gt=0)
-    # genre classification and coherence run over a seeded sample of at most this many catalog movies (the rated
-    # ones are always kept): the driver holds that sample's vectors, not the catalog's; None = every movie
-    coherence_pool: int | None = Field(50_000, gt=0)
+    long_tail_max_ratings: int = Field(10, ge=1)
+    popularity_blend: float = Field(0.3, ge=0.0, le=1.0)
+    # true: the spectrum+popularity weight is picked on a validation slice (each user's second-to-last like, test
+    # targets removed) and popularity_blend is not used; false: popularity_blend as given
+    tune_blend: bool = True
     # query vectors sampled from each served table for the IVF-PQ vs exact-search recall
     ann_queries: int = Field(200, gt=0)
     # users scored (test and validation slices alike): None = every user with a held-out like, else a seeded sample

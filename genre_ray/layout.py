@@ -63,6 +63,11 @@ class RunLayout:
         return self.root / "model"
 
     @property
+    def candidate_dir(self) -> StoragePath:
+        """A retrained classifier the gate did not serve (worse than the served one); `publish --promote` serves it."""
+        return self.root / "model_candidate"
+
+    @property
     def store_dir(self) -> StoragePath:
         return self.root / "store"
 

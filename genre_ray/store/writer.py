@@ -30,10 +30,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from genre_ray import serving_params, storage
+from genre_ray import storage
 from genre_ray.config import Config
 from genre_ray.embed.dataset import load_embeddings
-from genre_ray.errors import StoreError
 from genre_ray.layout import RunLayout
 from genre_ray.model import load_classifier
 from genre_ray.runtime import NodeLog, cluster_cpus, in_workers, init_ray
@@ -41,7 +40,7 @@ from genre_ray.spectrum import compute_spectrum
 from genre_ray.sql import sql_in
 from genre_ray.store import maintenance, models
 from genre_ray.store import manifest as manifests
-from genre_ray.store.lease import Lease
+from genre_ray.store.errors import StoreError
 from genre_ray.store.partitions import route, table_name, table_names
 from genre_ray.store.plan import PublishPlan, plan_publish
 from genre_ray.store.reader import TITLE_KEY, Store
@@ -165,7 +164,12 @@ def _lacks_title_key(store: Store, manifest: Mapping[str, Any]) -> bool:
 
 def _served_model(cfg: Config, layout: RunLayout, store: Store, previous: Mapping[str, Any] | None, promote: bool):
     """The model this publish serves. A rollback pins the manifest's model: unless this run trained a new one or
-    was told to --promote, model/ is re-exported from the store's copy of the pinned model first."""
+    was told to --promote, model/ is re-exported from the store's copy of the pinned model first. --promote also
+    serves a retrain the gate held back (model_candidate/)."""
+    from genre_ray.train.gate import promote_candidate
+
+    if promote and (version := promote_candidate(layout)) is not None:
+        log.warning("--promote: serving the held-back retrain %s from %s", version, layout.candidate_dir)
     loaded = load_classifier(layout.model_dir)
     if previous is None or not previous.get("pinned") or promote:
         return loaded, False
@@ -190,13 +194,11 @@ def publish(
     *,
     embeddings: ray.data.Dataset | pa.Table | None = None,
     promote: bool = False,
-    lease: Lease | None = None,
 ) -> PublishResult:
     """Bring the store up to date with the catalog + embeddings + model in `layout`, then switch readers to it.
 
     `embeddings` defaults to the embed stage's output; pass a Dataset/Table to publish other vectors. `promote`:
-    serve model/ even if a rollback pinned the store to an earlier model (a deliberate retrain sets it). `lease`:
-    the writer lease the caller holds, checked right before readers are switched (a lost one switches nothing).
+    serve model/ even if a rollback pinned the store to an earlier model (a deliberate retrain sets it).
     """
     start = time.perf_counter()
     init_ray(cfg.ray)
@@ -224,16 +226,7 @@ def publish(
         plan.unchanged,
         " (full rebuild)" if plan.full else "",
     )
-    # what evaluate chose for this model (model/serving_params.json), else the config's recommend defaults
-    serving = serving_params.to_manifest(
-        serving_params.read(layout.model_dir, loaded.model_version)
-        or serving_params.ServingParams(
-            popularity_weight=cfg.recommend.popularity_weight, mmr_lambda=cfg.recommend.mmr_lambda, chosen_by="config"
-        )
-    )
-    # new serving parameters alone are a change worth a manifest: evaluate runs after the publish it scores
-    unchanged_serving = previous is not None and previous.get(serving_params.MANIFEST_KEY) == serving
-    if previous is not None and not plan.full and plan.upserted == 0 and plan.deleted == 0 and unchanged_serving:
+    if previous is not None and not plan.full and plan.upserted == 0 and plan.deleted == 0:
         return PublishResult(
             run_id=previous["run_id"],
             rows_total=store.count(),
@@ -287,9 +280,8 @@ def publish(
         "catch_all": catch_all,
         "tables": tables,
         "stats": {"rows": sum(t["rows"] for t in tables.values()), "max_log_votes": math.log1p(plan.max_votes)},
-        serving_params.MANIFEST_KEY: serving,
     }
-    _commit(store, manifest, previous, lease)
+    _commit(store, manifest, previous)
     maintenance.retain(store, cfg.store.keep_publishes, layout)
     return PublishResult(
         run_id=run_id,
@@ -306,9 +298,7 @@ def publish(
     )
 
 
-def _commit(store: Store, manifest: dict[str, Any], previous: Mapping[str, Any] | None, lease: Lease | None) -> None:
-    if lease is not None:
-        lease.check()  # a writer whose lease was taken over must not switch readers to what it wrote
+def _commit(store: Store, manifest: dict[str, Any], previous: Mapping[str, Any] | None) -> None:
     # switched only if no other writer switched since `previous` was read (the lease makes that the normal case)
     manifests.record(store.dir, manifest, based_on=previous)
 

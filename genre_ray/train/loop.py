@@ -25,6 +25,7 @@ from genre_ray.config import TrainConfig
 from genre_ray.mixup import mixup_batch
 from genre_ray.model import ClassifierSpec, GenreClassifier
 from genre_ray.train.data import read_arrays
+from genre_ray.train.losses import make_criterion
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,62 @@ def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 4096, devi
 
 def predict_proba(model: nn.Module, x: np.ndarray, batch_size: int = 4096, device: str = "cpu") -> np.ndarray:
     return torch.sigmoid(predict_logits(model, x, batch_size, device)).numpy()
+
+
+def make_optimizer(model: nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
+    # fused: one kernel per step for all parameters; a 128-row step of this small MLP is dispatch-bound, and
+    # fusing made it 1.2-1.4x faster on 2 CPU cores (a one-off comparison; make run's train stage: 18.8k -> 23-25k
+    # rows/s)
+    return torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=True)
+
+
+def train_window(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    tc: TrainConfig,
+    gen: torch.Generator,
+) -> tuple[int, float]:
+    """One shuffled pass over a window of rows, mixup per batch; returns (rows stepped on, summed loss)."""
+    rows, loss_sum = 0, 0.0
+    order = torch.randperm(len(x), generator=gen).to(x.device)
+    for idx in order.split(tc.batch_size):
+        bx, by = mixup_batch(x[idx], y[idx], tc.mixup_alpha, tc.mixup_factor, gen)
+        # (1 + factor) x batch_size rows: step on batch_size chunks (the real ones, then each mixed round), so
+        # mixup adds optimizer steps (the ~10x data) rather than a 10x larger batch with as many steps.
+        for xc, yc in zip(bx.split(tc.batch_size), by.split(tc.batch_size), strict=True):
+            loss = criterion(model(xc), yc)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss.detach()) * len(xc)
+            rows += len(xc)
+    return rows, loss_sum
+
+
+def score_val(model: nn.Module, val_x: np.ndarray, val_y: np.ndarray, tc: TrainConfig, device: str) -> dict[str, float]:
+    logits = predict_logits(model, val_x, device=device)
+    val_loss = float(nn.functional.binary_cross_entropy_with_logits(logits, torch.from_numpy(val_y)))
+    return {"val_loss": val_loss, **classification_metrics(val_y, torch.sigmoid(logits).numpy(), tc.threshold)}
+
+
+def new_progress() -> dict[str, Any]:
+    return {"epoch": -1, "best_epoch": -1, "best_metrics": {}, "bad_epochs": 0, "history": []}
+
+
+def record_epoch(progress: dict[str, Any], metrics: dict[str, Any], tc: TrainConfig) -> bool:
+    """Early-stopping bookkeeping for one finished epoch; True when it is the best so far (keep its weights)."""
+    progress["history"].append(metrics)
+    progress["epoch"] = epoch = metrics["epoch"]
+    best = metrics[tc.monitor] > progress["best_metrics"].get(tc.monitor, -1.0)
+    if best:
+        progress.update(best_epoch=epoch, best_metrics=metrics, bad_epochs=0)
+    else:
+        progress["bad_epochs"] += 1
+    progress["stopped"] = progress["bad_epochs"] > tc.patience or epoch == tc.epochs - 1
+    return best
 
 
 def _save_checkpoint(
@@ -144,16 +201,12 @@ def train_loop(config: dict[str, Any]) -> None:
 
     torch.manual_seed(seed)  # identical initial weights on every worker (DDP also broadcasts rank 0's)
     model = ray.train.torch.prepare_model(GenreClassifier(spec))
-    # fused: one kernel per step for all parameters; a 128-row step of this small MLP is dispatch-bound, and
-    # fusing made it 1.2-1.4x faster on 2 CPU cores (a one-off comparison; make run's train stage: 18.8k -> 23-25k
-    # rows/s)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=True)
+    optimizer = make_optimizer(model, tc)
     pos_weight = torch.tensor(config["pos_weight"], device=device) if config.get("pos_weight") else None
-    criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    criterion = make_criterion(tc, pos_weight)
     val_x, val_y, _ = read_arrays(ray.train.get_dataset_shard("val"))
-    val_criterion = nn.BCEWithLogitsLoss()
 
-    progress: dict[str, Any] = {"epoch": -1, "best_epoch": -1, "best_metrics": {}, "bad_epochs": 0, "history": []}
+    progress = new_progress()
     best_state = _cpu_state(model)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -192,41 +245,21 @@ def train_loop(config: dict[str, Any]) -> None:
         start = time.perf_counter()
         rows, loss_sum = 0, 0.0
         for window in windows.epoch(gen, epoch_seed):
-            order = torch.randperm(len(window["x"]), generator=gen).to(device)
-            for idx in order.split(tc.batch_size):
-                x, y = mixup_batch(window["x"][idx], window["y"][idx], tc.mixup_alpha, tc.mixup_factor, gen)
-                # (1 + factor) x batch_size rows: step on batch_size chunks (the real ones, then each mixed round), so
-                # mixup adds optimizer steps (the ~10x data) rather than a 10x larger batch with as many steps.
-                for xc, yc in zip(x.split(tc.batch_size), y.split(tc.batch_size), strict=True):
-                    loss = criterion(model(xc), yc)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    loss_sum += float(loss.detach()) * len(xc)
-                    rows += len(xc)
+            stepped, summed = train_window(model, optimizer, criterion, window["x"], window["y"], tc, gen)
+            rows, loss_sum = rows + stepped, loss_sum + summed
         train_seconds = time.perf_counter() - start
 
-        logits = predict_logits(model, val_x, device=str(device))
-        val_loss = float(val_criterion(logits, torch.from_numpy(val_y)))
-        probs = torch.sigmoid(logits).numpy()
         metrics = {
             "epoch": epoch,
             "train_loss": loss_sum / max(rows, 1),
-            "val_loss": val_loss,
-            **classification_metrics(val_y, probs, tc.threshold),
+            **score_val(model, val_x, val_y, tc, str(device)),
             "train_seconds": train_seconds,
             # every worker trains an equal share (trimmed slices, or streaming_split(equal=True)): world x ours
             "rows_per_s": world * rows / max(train_seconds, 1e-9),
         }
-        progress["history"].append(metrics)
-        progress["epoch"] = epoch
-        if metrics[tc.monitor] > progress["best_metrics"].get(tc.monitor, -1.0):
-            progress.update(best_epoch=epoch, best_metrics=metrics, bad_epochs=0)
+        if record_epoch(progress, metrics, tc):
             best_state = _cpu_state(model)
-        else:
-            progress["bad_epochs"] += 1
-        stop = progress["bad_epochs"] > tc.patience or epoch == tc.epochs - 1
-        progress["stopped"] = stop
+        stop = progress["stopped"]
 
         with tempfile.TemporaryDirectory() as tmp:
             # Only rank 0 writes a checkpoint: the weights are identical on every worker after the all-reduce.

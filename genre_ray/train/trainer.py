@@ -31,6 +31,7 @@ from genre_ray.config import Config, TrainConfig
 from genre_ray.layout import RunLayout, atomic_write_text
 from genre_ray.model import ClassifierSpec, GenreClassifier, save_classifier
 from genre_ray.train.data import TrainingData, check_catalog, labelled_movies, prepare, read_arrays
+from genre_ray.train.gate import GateDecision, check_retrain, hold_back
 from genre_ray.train.loop import BEST, PROGRESS, classification_metrics, predict_proba, train_loop, tune_threshold
 
 HISTORY = "history.json"
@@ -50,15 +51,23 @@ class TrainResult:
     movies: dict[str, int] = field(default_factory=dict)  # labelled movies per split (val: before its sample cap)
     worker_nodes: list[str] = field(default_factory=list)  # Ray node id of each rank
     history: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    # the retrain gate's decision (train_classifier against a served model); None: not gated
+    gate: GateDecision | None = None
+
+    @property
+    def served(self) -> bool:
+        """False when the gate held this model back: model/ holds the served model again."""
+        return self.gate is None or self.gate.served
 
     def summary(self) -> str:
         t = self.test_metrics
+        gate = f"; NOT SERVED: {self.gate.reason}" if self.gate is not None and not self.gate.served else ""
         return (
             f"model {self.model_version}: best epoch {self.best_epoch}/{self.epochs_run}, "
             f"val mAP {self.metrics.get('map', float('nan')):.3f}, test micro-F1 {t.get('micro_f1', float('nan')):.3f} "
             f"macro-F1 {t.get('macro_f1', float('nan')):.3f} mAP {t.get('map', float('nan')):.3f} "
             f"@ threshold {self.threshold:.2f}, {self.num_workers} worker(s), {self.rows_per_s:,.0f} rows/s, "
-            f"{self.seconds:.0f}s"
+            f"{self.seconds:.0f}s{gate}"
         )
 
 
@@ -235,11 +244,25 @@ def load_training_table(layout: RunLayout, embeddings: pa.Table | None = None) -
 
 
 def train_classifier(
-    cfg: Config, layout: RunLayout, embeddings: pa.Table | ray.data.Dataset | None = None
+    cfg: Config, layout: RunLayout, embeddings: pa.Table | ray.data.Dataset | None = None, promote: bool = False
 ) -> TrainResult:
-    """Pipeline entry: catalog (layout.movies) + embeddings (embed stage, or `embeddings`) -> exported classifier."""
+    """Pipeline entry: catalog (layout.movies) + embeddings (embed stage, or `embeddings`) -> exported classifier.
+
+    With a published store the new model must pass the retrain gate (genre_ray.train.gate) unless `promote`: one
+    worse than the served model on the same validation movies is moved to model_candidate/ and model/ gets the
+    served model back, so the publish that follows changes nothing.
+    """
     from genre_ray.runtime import init_ray
 
     init_ray(cfg.ray)
     check_catalog(layout)
-    return train_on_data(cfg, layout, prepare(labelled_movies(layout, embeddings), cfg))
+    data = prepare(labelled_movies(layout, embeddings), cfg)
+    result = train_on_data(cfg, layout, data)
+    if not promote:
+        result.gate = check_retrain(cfg, layout, data)
+    if result.served:
+        if layout.candidate_dir.exists():  # an older held-back retrain is superseded by this one
+            storage.remove_tree(layout.candidate_dir)
+    else:
+        hold_back(layout, result.gate)
+    return result
