@@ -57,6 +57,9 @@ class CatalogConfig(Section):
 class TextConfig(Section):
     # Each part is a string.Template over the normalised fields; a part with any of its fields missing is left out.
     # $genres is refused unless include_genres is set: the classifier's labels must not leak into its input.
+    # Numbers that move every day (rating, votes, box office) stay out: a document that quotes them changes its
+    # content hash, and so re-embeds the movie, on every refresh of its votes (docs/documents.md). Served votes are
+    # kept current by the publish's metadata refresh instead.
     parts: list[str] = Field(
         default_factory=lambda: [
             "$title.",
@@ -68,10 +71,8 @@ class TextConfig(Section):
             "Studios: $studios.",
             "Countries: $countries.",
             "Spoken languages: $spoken_languages.",
-            "Rated $rating/10 by $votes viewers.",
             "Runtime: $runtime minutes.",
             "Budget: $budget_text.",
-            "Box office: $revenue_text.",
             "Keywords: $keywords.",
         ]
     )

@@ -11,27 +11,43 @@ from test_store import edit_overview, make_run, rewrite_catalog, write_embedding
 
 from genre_ray.spectrum import spread
 from genre_ray.store import Store, StoreError, publish
-from genre_ray.store.plan import TABLE, diff
+from genre_ray.store.plan import TABLE, _with_meta_hash, diff
 
 
-def test_diff_classifies_new_edited_moved_removed_and_old_model_rows():
-    catalog = pa.table(
+def _keys(ids: list[str], hashes: list[str], votes: list[int], genres: list[list[str]]) -> pa.Table:
+    """Diff inputs: ids, content hashes and the served metadata columns (only votes and genres vary here)."""
+    n = len(ids)
+    return pa.table(
         {
-            "movie_id": ["same", "new", "edited", "moved", "old-model"],
-            "content_hash": ["h", "h", "h2", "h", "h"],
-            TABLE: ["en", "en", "en", "fr", "en"],
+            "movie_id": ids,
+            "title": ["t"] * n,
+            "year": pa.array([2000] * n, pa.int32()),
+            "language": ["en"] * n,
+            "genres": genres,
+            "popularity": [1.0] * n,
+            "votes": pa.array(votes, pa.int64()),
+            "content_hash": hashes,
         }
     )
-    published = pa.table(
-        {
-            "movie_id": ["same", "gone", "edited", "moved", "old-model"],
-            "content_hash": ["h", "h", "h", "h", "h"],
-            "model_version": ["m1", "m1", "m1", "m1", "m0"],
-            "_pub_table": ["en", "fr", "en", "en", "en"],
-        }
-    )
-    upsert, delete, unchanged = diff(catalog, published, "m1")
+
+
+def test_diff_classifies_new_edited_moved_removed_old_model_and_metadata_only_rows():
+    ids = ["same", "new", "edited", "moved", "old-model", "votes-only", "genres-only"]
+    catalog = _keys(ids, ["h", "h", "h2", "h", "h", "h", "h"], [10] * 5 + [11, 10], [["Drama"]] * 6 + [["War"]])
+    catalog = catalog.append_column(TABLE, pa.array(["en", "en", "en", "fr", "en", "en", "en"]))
+    published = _with_meta_hash(_keys(["same", "gone", *ids[2:]], ["h"] * 7, [10] * 7, [["Drama"]] * 7))
+    published = published.select(["movie_id", "content_hash", "_meta"])
+    published = published.append_column("model_version", pa.array(["m1", "m1", "m1", "m1", "m0", "m1", "m1"]))
+    published = published.append_column("_pub_table", pa.array(["en", "fr", "en", "en", "en", "en", "en"]))
+
+    upsert, refresh, delete, unchanged = diff(catalog, published, "m1")
     assert sorted(upsert["movie_id"].to_pylist()) == ["edited", "moved", "new", "old-model"]
+    # same document, model and table, but new votes or labels: only the served metadata is updated
+    assert sorted(refresh["movie_id"].to_pylist()) == ["genres-only", "votes-only"]
+    assert dict(zip(*refresh.select(["movie_id", "votes"]).to_pydict().values(), strict=True)) == {
+        "genres-only": 10,
+        "votes-only": 11,
+    }
     # a moved movie is written to its new table and deleted from the old one; an edit is replaced in place
     assert delete == {"en": ["moved"], "fr": ["gone"]}
     assert unchanged == 1

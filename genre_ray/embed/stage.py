@@ -28,6 +28,7 @@ from genre_ray.config import Config
 from genre_ray.embed.actors import ActorPlan, embed_dataset, plan_actors
 from genre_ray.embed.dataset import embeddings_uri, open_embeddings, stored_embeddings
 from genre_ray.embed.diff import EmbedDiff, plan_diff
+from genre_ray.embed.rebuild import rebuild_notice
 from genre_ray.embed.stats import EmbedMeter
 from genre_ray.encoder import encoder_dim, encoder_id_for
 from genre_ray.layout import RunLayout
@@ -91,6 +92,9 @@ def embed_catalog(cfg: Config, layout: RunLayout) -> EmbedStats:
     # Reusing nothing: a parallel full write beats funnelling every row through the driver's merge_insert.
     full = diff.to_embed is None
     n_embed, n_removed = diff.n_embed, len(diff.removed)
+    if full and stored is not None and n_embed:
+        # said before the work starts: a change of text.parts or of the encoder costs the whole catalog
+        log.warning("%s", rebuild_notice(stored, enc_id, out_schema, cfg.embed.incremental, n_embed, layout))
     if not full and n_embed == 0 and n_removed == 0:
         assert stored is not None
         stats = _stats(start, diff, 0, 0, None, {}, "unchanged", stored.version, enc_id)

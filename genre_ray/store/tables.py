@@ -23,6 +23,7 @@ from genre_ray.sql import sql_in
 from genre_ray.storage import StoragePath
 from genre_ray.store import maintenance
 from genre_ray.store.partitions import ivf_pq_params
+from genre_ray.store.plan import TABLE
 from genre_ray.store.reader import TITLE_KEY, VECTOR, Store
 
 log = logging.getLogger(__name__)
@@ -80,10 +81,26 @@ def _index(tbl: lancedb.table.Table, cfg: StoreConfig, dim: int, full: bool) -> 
 
 @dataclass(frozen=True)
 class TableChange:
-    """What a published table's nightly task applies: ids to delete, then the delta rows (Arrow blocks) to upsert."""
+    """What a published table's nightly task applies: ids to delete, then the delta rows (Arrow blocks) to upsert,
+    then the metadata-only refresh (the plan's refresh rows of every table: this task keeps its own)."""
 
     delete: list[str] = field(default_factory=list)
     delta: list[ray.ObjectRef] = field(default_factory=list)
+    refresh: ray.ObjectRef | None = None
+
+
+def refresh_metadata(tbl: lancedb.table.Table, refresh: pa.Table, dim: int) -> int:
+    """Update the metadata columns (votes, popularity, genres, ...) of rows already served, in place: a partial
+    merge_insert writes only those columns, so vectors, spectra and indexes are untouched. Returns the rows matched."""
+    mine = refresh.filter(pc.equal(refresh[TABLE], tbl.name))
+    if not mine.num_rows:
+        return 0
+    columns = [c for c in schema.METADATA_COLUMNS if c != "content_hash"]
+    served = served_schema(dim)
+    rows = with_title_key(mine.select(columns))
+    rows = rows.cast(pa.schema([served.field(c) for c in rows.column_names]))
+    result = tbl.merge_insert("movie_id").when_matched_update_all().execute(rows)
+    return int(result.num_updated_rows)
 
 
 def finish_table(
@@ -104,9 +121,12 @@ def finish_table(
     if change.delta:
         delta = pa.concat_tables([served_schema(dim).empty_table(), *ray.get(change.delta)])
         tbl.merge_insert("movie_id").when_matched_update_all().when_not_matched_insert_all().execute(delta)
+    refreshed = refresh_metadata(tbl, ray.get(change.refresh), dim) if change.refresh is not None else 0
     n = tbl.count_rows()
     if n == 0:
         return {"rows": 0, "indexed": False, "version": tbl.version}
+    if refreshed:
+        log.info("table %s: metadata of %d served rows refreshed in place", name, refreshed)
     maintenance.compact(tbl)
     indexed = _index(store.db.open_table(name), cfg, dim, full)
     # Re-open: compaction and index maintenance commit through the Lance dataset rather than this handle.

@@ -6,7 +6,9 @@ Publish protocol (what readers see is always one consistent run; the caller hold
    (plan.py): the driver gets counts and ids to delete, never the catalog;
 3. infer only new / changed / moved movies (everything when the model version changed), reading only their
    embeddings, and write them: full table writes go through `lance_ray.write_lance` (distributed fragment writes,
-   one commit), nightly changes through `merge_insert("movie_id")` + `delete`;
+   one commit), nightly changes through `merge_insert("movie_id")` + `delete`; a movie whose document is the same
+   but whose served metadata moved (votes, popularity, genres) gets only those columns updated, by a partial
+   `merge_insert`: nothing is embedded or inferred for it, and served votes never go stale;
 4. index (IVF-PQ when large enough, flat otherwise; B-tree on movie_id and title_key), compact the touched tables,
    record each table's new Lance version;
 5. atomically switch readers: create the next `serving/` record (manifest.py); then prune what no kept
@@ -64,11 +66,14 @@ class PublishResult:
     spectrum_nodes: list[str] = field(default_factory=list)  # Ray nodes of the spectrum actors
     # embeddings the spectrum map read: a small nightly fetches only those of the movies it re-infers
     embeddings_read: int = 0
+    # served movies whose metadata columns (votes, popularity, ...) were updated in place: nothing re-inferred
+    refreshed: int = 0
 
     def summary(self) -> str:
         head = (
             f"publish {self.run_id}: {self.rows_total} movies in {len(self.tables)} tables "
-            f"(upserted {self.upserted}, deleted {self.deleted}, unchanged {self.unchanged}"
+            f"(upserted {self.upserted}, deleted {self.deleted}, metadata refreshed {self.refreshed}, "
+            f"unchanged {self.unchanged}"
             f"{', full rebuild' if self.full_rebuild else ''}) model {self.model_version} in {self.seconds:.1f}s"
         )
         if not self.published:
@@ -217,16 +222,17 @@ def publish(
         or previous["partition_key"] != key
         or _lacks_title_key(store, previous)
     )
-    plan, upsert = plan_publish(layout, cfg.store, catch_all, loaded.model_version, full)
+    plan, upsert, refresh = plan_publish(layout, cfg.store, catch_all, loaded.model_version, full)
     log.info(
-        "publish %s: %d to infer, %d to delete, %d unchanged%s",
+        "publish %s: %d to infer, %d to delete, %d to refresh metadata only, %d unchanged%s",
         run_id,
         plan.upserted,
         plan.deleted,
+        plan.refreshed,
         plan.unchanged,
         " (full rebuild)" if plan.full else "",
     )
-    if previous is not None and not plan.full and plan.upserted == 0 and plan.deleted == 0:
+    if previous is not None and not plan.full and plan.upserted == 0 and plan.deleted == 0 and plan.refreshed == 0:
         return PublishResult(
             run_id=previous["run_id"],
             rows_total=store.count(),
@@ -248,7 +254,7 @@ def publish(
         embeddings_read = embeddings.count()  # a Lance scan answers from its metadata; a fetch is read once
         rows, spectrum_nodes = _spectrum_rows(cfg, layout.model_dir, embeddings, plan, upsert)
 
-    changes = _write(store, rows, plan, previous, (key, plan.partitions, catch_all), dim)
+    changes = _write(store, rows, plan, previous, (key, plan.partitions, catch_all), dim, refresh)
     touched = sorted(changes)
     # one task per touched table, side by side: each table is its own Lance dataset, so they never conflict
     results = in_workers(
@@ -295,6 +301,7 @@ def publish(
         full_rebuild=plan.full,
         spectrum_nodes=spectrum_nodes,
         embeddings_read=embeddings_read,
+        refreshed=plan.refreshed,
     )
 
 
@@ -310,6 +317,7 @@ def _write(
     previous: Mapping[str, Any] | None,
     routing: tuple[str, Mapping[str, str], str],
     dim: int,
+    refresh: ray.ObjectRef,
 ) -> dict[str, TableChange]:
     """Every table that gets a new version, with its change. Tables written whole (a full publish, a new partition)
     are written here, by distributed fragment writes and one commit; a published table's nightly change is left to
@@ -320,12 +328,15 @@ def _write(
     existing = table_names(store.db)
     served = served_schema(dim)
     changes = {table: TableChange(delete=ids) for table, ids in plan.delete.items() if table in published}
+    for table in plan.refresh_tables:  # a metadata refresh only ever touches published rows
+        changes[table] = TableChange(changes.get(table, TableChange()).delete, refresh=refresh)
     for table in plan.targets:  # none when nothing is inferred, and only then is `rows` None
         assert rows is not None
         part = _rows_for(rows, table, *routing, dim)
         if table in published:
             # Nightly path: the delta is small; its blocks stay in the object store for the table's task.
-            changes[table] = TableChange(changes.get(table, TableChange()).delete, list(part.to_arrow_refs()))
+            before = changes.get(table, TableChange())
+            changes[table] = TableChange(before.delete, list(part.to_arrow_refs()), before.refresh)
         else:
             # Full path: distributed fragment writes and one commit. "overwrite" also replaces a table left by
             # an unpublished run or an older layout, as a new version (earlier versions stay for rollback).
