@@ -27,6 +27,26 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class ExtraTextConfig(Section):
+    """Per-movie text from a second file joined by id into the catalog's `tags` (docs/documents.md), e.g. MovieLens
+    tags.csv through links.csv. CSV, local path or any fsspec URI."""
+
+    path: str
+    key_column: str = "movieId"
+    text_column: str = "tag"
+    # a file mapping key_column to the catalog's movie_id (MovieLens links.csv: movieId -> tmdbId); None: the key
+    # column holds the catalog's movie_id itself
+    links: str | None = None
+    links_key: str = "movieId"
+    links_id: str = "tmdbId"
+    # keep only rows whose timestamp_column is before this (unix seconds): an evaluated run must cut the source at
+    # its protocol's cut, because the same users wrote the tags and the held-out ratings (docs/documents.md)
+    before: int | None = None
+    timestamp_column: str = "timestamp"
+    # a movie's most frequent distinct texts (case-folded), ties alphabetical
+    max_per_movie: int = Field(20, gt=0)
+
+
 class CatalogConfig(Section):
     paths: list[str] = Field(default_factory=lambda: [str(DEFAULT_CATALOG)])
     # auto: infer from the file extension (.csv, .parquet, .jsonl / .json)
@@ -52,6 +72,8 @@ class CatalogConfig(Section):
     bytes_per_task: int = Field(64 * 1024 * 1024, gt=0)
     max_overview_chars: int = Field(20_000, gt=0)
     max_title_chars: int = Field(1_000, gt=0)
+    # a second metadata source joined by id into the documents (None: the catalog files alone)
+    extra_text: ExtraTextConfig | None = None
 
 
 class TextConfig(Section):
@@ -74,6 +96,7 @@ class TextConfig(Section):
             "Runtime: $runtime minutes.",
             "Budget: $budget_text.",
             "Keywords: $keywords.",
+            "Tags: $tags.",
         ]
     )
     include_genres: bool = False

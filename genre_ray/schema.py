@@ -31,6 +31,8 @@ CATALOG = pa.schema(
         pa.field("spoken_languages", pa.list_(pa.string())),
         # the title in the film's own language, as the source has it (often equal to `title`)
         pa.field("original_title", pa.string()),
+        # per-movie text from catalog.extra_text (e.g. MovieLens user tags), joined by id at ingest
+        pa.field("tags", pa.list_(pa.string())),
         *(pa.field(name, typ) for name, typ in NUMERIC_FIELDS.items()),
         pa.field("source_file", pa.string(), nullable=False),
         pa.field("source_row", pa.int64(), nullable=False),

@@ -42,6 +42,7 @@ from ray.data.context import ShuffleStrategy
 
 from genre_ray import schema, storage
 from genre_ray.catalog.adapters import BUILTIN, Adapter, FieldWarning, Limits, RowError, detect, mapped
+from genre_ray.catalog.extra_text import count_joined, join_extra_text
 from genre_ray.catalog.reader import CURRENT
 from genre_ray.catalog.sources import (
     CatalogError,
@@ -119,6 +120,8 @@ class IngestResult:
     field_warnings_by_reason: dict[str, int] = field(default_factory=dict)
     # None: the catalog was published to catalog/movies; otherwise why it was not (see unusable_message)
     error: str | None = None
+    # catalog.extra_text: what was read from the second source and how many catalog movies it joined
+    extra_text: dict[str, Any] | None = None
 
     @property
     def field_warnings(self) -> int:
@@ -130,6 +133,10 @@ class IngestResult:
             f"catalog: {self.rows_in} rows in = {self.rows_ok} ok + {self.rows_rejected} rejected "
             f"(flagged: {flags}; {self.field_warnings} field warning(s) in {self.rows_with_field_warnings} kept "
             f"row(s); {len(self.per_file)} file(s), {len(self.warnings)} file warning(s))"
+        ) + (
+            f"; extra text joined into {self.extra_text['joined']} movies from {self.extra_text['path']}"
+            if self.extra_text
+            else ""
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -474,6 +481,9 @@ def ingest(cfg: Config, layout: RunLayout) -> IngestResult:
     if dup_rejects is not None:
         reject_tables.append(dup_rejects)
     rejects = pa.concat_tables(reject_tables or [_ORDERED_REJECTS.empty_table()]).sort_by(_ORDER).drop_columns(_ORDER)
+    extra = None
+    if cfg.catalog.extra_text is not None:
+        kept, extra = join_extra_text(kept, cfg.catalog.extra_text, cfg.text, enc_id, _ORDERED_CATALOG.names)
     deduplicated = time.perf_counter()
 
     result = _account(reports, warnings)
@@ -485,6 +495,9 @@ def ingest(cfg: Config, layout: RunLayout) -> IngestResult:
     if result.error is None:
         # An unusable catalog never replaces the last good one: embed, train and publish keep working from it.
         _write_movies(kept, layout)
+        if extra is not None:
+            extra.joined = ray.get(count_joined.remote(layout))
+            result.extra_text = extra.to_json()
     atomic_write(layout.rejects, lambda p: pq.write_table(rejects.cast(schema.REJECTS), p))
     atomic_write(layout.field_warnings, lambda p: pq.write_table(warnings_table, p))
     finished = time.perf_counter()
