@@ -2,6 +2,11 @@
 pipeline with each backend, same documents, one run (so ratios hold even on a busy machine).
 
     python -m bench.embed [--n 1000] [--batch-size 64] [--backends torch onnx-int8] [--workdir DIR]
+    python -m bench.embed --overhead [--n 40960] [--layouts actor stage]
+
+--overhead times the pipeline around the model instead: MiniLM's tokenizer alone in this process against the
+embed stage with a 0-layer 384-d stand-in encoder (random BERT, MiniLM's tokenizer: tokenising, embedding lookup
+and pooling, none of the transformer's FLOPs) on the TMDB documents replicated to N, once per tokenisation layout.
 
 Documents: the first N movies of the TMDB catalog, normalised by the catalog stage (catalog.ingest) and rendered
 by the text stage, i.e. exactly what `embed_catalog` sees in a real run. The Ray row is steady state: from the
@@ -78,9 +83,78 @@ def plain_loop(path: str, docs: list[str], batch_size: int, max_length: int) -> 
     return np.concatenate(out), tokens, padded
 
 
+def replicated(table: pa.Table, n: int) -> pa.Table:
+    """`table` repeated to n rows, copy k's ids suffixed "#k" (distinct movies with the same documents)."""
+    copies = []
+    for k in range(-(-n // table.num_rows)):
+        ids = pa.array([f"{m}#{k}" for m in table["movie_id"].to_pylist()], pa.string())
+        copies.append(table.set_column(table.schema.get_field_index("movie_id"), "movie_id", ids))
+    return pa.concat_tables(copies).slice(0, n)
+
+
+def tokenizer_alone(path: str, docs: list[str], max_length: int, batch_size: int = 256) -> float:
+    """docs/s of the fast tokenizer called as transformers documents it, in this one process."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    t0 = time.perf_counter()
+    for start in range(0, len(docs), batch_size):
+        tokenizer(docs[start : start + batch_size], truncation=True, max_length=max_length)
+    return len(docs) / (time.perf_counter() - t0)
+
+
+def overhead(args: argparse.Namespace, workdir: Path) -> None:
+    from bench.nightly import tiny_encoder
+    from genre_ray.embed import embed_catalog
+
+    cfg = Config(workdir=str(workdir / "run"))
+    cfg.embed.incremental = False
+    cfg.embed.batch_size = args.batch_size
+    init_ray(cfg.ray)
+    table = replicated(catalog_slice(cfg, workdir, 10**9, args.catalog), args.n)
+    docs = table["document"].to_pylist()
+    model = tiny_encoder(workdir / "encoder-0-layer", layers=0)
+    print(f"{len(docs)} documents (TMDB replicated), batch size {args.batch_size}, window {cfg.embed.sort_window}")
+    print(f"CPU: {describe().summary()}")
+    print(
+        "\n| layout | tokenizer alone docs/s | stage docs/s (wall) | stage s | steady docs/s | ratio wall "
+        "| ratio steady |"
+    )
+    print(f"|{' --- |' * 7}")
+    results = []
+    for layout_name in args.layouts:
+        # the tokenizer again before every stage run: on a shared machine only the pair's ratio is comparable
+        alone = tokenizer_alone(resolve_model_path(cfg.encoder.model), docs, cfg.encoder.max_length)
+        run_cfg = cfg.model_copy(deep=True, update={"workdir": str(workdir / f"run-{layout_name}")})
+        run_cfg.encoder.model = str(model)
+        if "tokenize" in type(run_cfg.embed).model_fields:  # absent before the layouts: lets this time older commits
+            run_cfg.embed.tokenize = layout_name
+        layout = RunLayout.of(run_cfg.workdir, run_cfg.storage.options)
+        layout.movies.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, layout.movies / "part-0.parquet")
+        stats = embed_catalog(run_cfg, layout)
+        wall, steady = len(docs) / stats.seconds, len(docs) / max(stats.steady_seconds, 1e-9)
+        print(
+            f"| {layout_name} | {alone:.0f} | {wall:.0f} | {stats.seconds:.1f} | {steady:.0f} | "
+            f"{wall / alone:.2f} | {steady / alone:.2f} |",
+            flush=True,
+        )
+        results.append(
+            {"layout": layout_name, "tokenizer_docs_per_s": alone, "stage_docs_per_s": wall}
+            | {"stage_seconds": stats.seconds, "steady_docs_per_s": steady, "plan": stats.summary()}
+        )
+    for r in results:
+        print(r["plan"])
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"docs": len(docs), "rows": results}, indent=2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=1000, help="documents (default 1000: minutes, not hours, on 2 cores)")
+    ap.add_argument(
+        "--n", type=int, default=None, help="documents (default 1000: minutes on 2 cores; --overhead 40960)"
+    )
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a temp dir)")
     ap.add_argument(
@@ -92,9 +166,18 @@ def main() -> None:
     )
     ap.add_argument("--catalog", type=Path, default=None, help="catalog file instead of TMDB (e.g. a synthetic one)")
     ap.add_argument("--json", type=Path, default=None, help="also write the table as JSON here")
+    ap.add_argument(
+        "--overhead", action="store_true", help="tokenizer alone vs the stage with a 0-layer encoder (--n 40960)"
+    )
+    ap.add_argument("--layouts", nargs="+", default=["actor", "stage"], choices=["actor", "stage"])
     args = ap.parse_args()
     set_offline_env()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-embed-"))
+    if args.overhead:
+        args.n = args.n or 40_960
+        overhead(args, workdir)
+        return
+    args.n = args.n or 1000
     cfg = Config(workdir=str(workdir / "run"))
     cfg.embed.batch_size = args.batch_size
     cfg.embed.incremental = False

@@ -11,14 +11,14 @@ from typing import Any
 
 import yaml
 
-from genre_ray.config import Config, ConfigError, load_config
+from genre_ray import errors
+from genre_ray.config import Config, load_config
+from genre_ray.errors import ConfigError
 from genre_ray.layout import RunLayout
 
 log = logging.getLogger("genre_ray")
 
 SAMPLE_TITLE = "Alien"
-# exit status when another process holds the store's writer lease (1: a failed run, 2: bad config)
-LEASE_HELD = 3
 # Commands that run pipeline stages: they get a log file in the workdir and the quiet Ray output.
 STAGE_COMMANDS = ("run", "nightly", "ingest", "embed", "train", "publish", "evaluate")
 
@@ -73,12 +73,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 def _stage_cmd(stages: list[str]):
     def run(cfg: Config, args: argparse.Namespace) -> int:
-        from genre_ray.pipeline import check_inputs, nightly_plan, run_stages
-        from genre_ray.runtime import init_ray
+        from genre_ray.pipeline import nightly_plan, run_stages
 
         plan = nightly_plan(args.retrain) if stages == ["nightly"] else list(stages)
-        check_inputs(RunLayout.of(cfg.workdir, cfg.storage.options), plan)  # before a Ray node starts
-        init_ray(cfg.ray)
         report = run_stages(
             cfg, plan, promote=getattr(args, "promote", False), break_lock=getattr(args, "break_lock", False)
         )
@@ -208,6 +205,7 @@ def _similar(cfg: Config, args: argparse.Namespace) -> int:
     except query.QueryError as err:
         return _query_error(err)
     rec = Recommender(cfg, RunLayout.of(cfg.workdir, cfg.storage.options))
+    _warn_unknown_excludes(rec, q.ranking.exclude_ids)
     _print_answer(*query.run_similar(rec, q), args.json)
     return 0
 
@@ -221,6 +219,7 @@ def _for_user(cfg: Config, args: argparse.Namespace) -> int:
     except query.QueryError as err:
         return _query_error(err)
     rec = Recommender(cfg, RunLayout.of(cfg.workdir, cfg.storage.options))
+    _warn_unknown_excludes(rec, q.ranking.exclude_ids)
     _print_answer(*query.run_for_user(rec, q), args.json)
     return 0
 
@@ -244,6 +243,19 @@ def _serve(cfg: Config, args: argparse.Namespace) -> int:
     finally:
         deployment.stop()
     return 0
+
+
+def _warn_unknown_excludes(rec: Any, ids: Sequence[str]) -> None:
+    """An --exclude id the store does not serve excludes nothing: most likely a typo, so say which."""
+    if not ids:
+        return
+    served = set(rec.store.get(ids, ["movie_id"])["movie_id"].to_pylist())
+    unknown = [i for i in dict.fromkeys(ids) if i not in served]
+    if unknown:
+        print(
+            f"warning: --exclude: no movie with id {', '.join(map(repr, unknown))} in the store; ignored",
+            file=sys.stderr,
+        )
 
 
 def _rollback(cfg: Config, args: argparse.Namespace) -> int:
@@ -347,53 +359,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     from genre_ray.output import configure_output
 
     configure_output(args.verbose)
+    log_file = root = None
     try:
         cfg = config_from_args(args)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    from genre_ray import storage
+        if args.command in STAGE_COMMANDS:
+            from genre_ray import storage
 
-    root = RunLayout.of(cfg.workdir, cfg.storage.options).root
-    log_file = None
-    if args.command in STAGE_COMMANDS:
-        # Ray's, Lance's and the libraries' chatter goes here; the terminal keeps progress and summaries.
-        log_file = storage.local_log_file(root)
-        configure_output(args.verbose, log_file)
-        print(f"log: {log_file}" + ("" if args.verbose else " (Ray and library messages; --verbose shows them here)"))
-    from genre_ray.catalog import CatalogError
-    from genre_ray.errors import ModelError, PreconditionError, RayConnectError
-    from genre_ray.recommend import BadQuery
-    from genre_ray.store import LeaseError, StoreError
-    from genre_ray.text import TemplateError
-
-    try:
+            root = RunLayout.of(cfg.workdir, cfg.storage.options).root
+            # Ray's, Lance's and the libraries' chatter goes here; the terminal keeps progress and summaries.
+            log_file = storage.local_log_file(root)
+            configure_output(args.verbose, log_file)
+            verbose_hint = "" if args.verbose else " (Ray and library messages; --verbose shows them here)"
+            print(f"log: {log_file}{verbose_hint}")
         return args.handler(cfg, args)
-    except storage.StorageError as err:
-        # a missing bucket, a denied permission: the message names the URI
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except LeaseError as err:
-        # Another writer is on the store: nothing failed, so a status of its own that a scheduler can retry on.
-        print(f"error: {err}", file=sys.stderr)
-        return LEASE_HELD
-    except BadQuery as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except (
-        LookupError,
-        CatalogError,
-        StoreError,
-        TemplateError,
-        ModelError,
-        PreconditionError,
-        RayConnectError,
-    ) as err:
-        # Problems with the input or the run's state, not bugs: a message, not a traceback.
-        print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
-        return 1
+    except Exception as err:
+        # Input or state a user can fix: `error: <what to fix>` and the status of the one table; a bug re-raises.
+        code = errors.report(err)
+        if code is None:
+            raise
+        return code
     finally:
         if log_file is not None:
+            from genre_ray import storage
+
             storage.upload_log(log_file, root)  # an object-store workdir keeps its log beside run.json
 
 

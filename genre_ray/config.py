@@ -12,15 +12,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
 
+from genre_ray.errors import ConfigError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "data"
 DEFAULT_CATALOG = DATA_DIR / "tmdb-5000" / "tmdb_5000_movies.csv"
 DEFAULT_RATINGS = DATA_DIR / "movielens-latest-small" / "ratings.csv"
 DEFAULT_LINKS = DATA_DIR / "movielens-latest-small" / "links.csv"
-
-
-class ConfigError(ValueError):
-    """A configuration file that cannot be used; the message names the file and the key."""
 
 
 class Section(BaseModel):
@@ -130,6 +128,11 @@ class EmbedConfig(Section):
     incremental: bool = True
     # docs per map_batches call; inside it docs are sorted by token length into batch_size batches (less padding)
     sort_window: int = Field(1024, gt=0)
+    # Where documents are tokenised. actor: inside the encoder actor. stage: a CPU map_batches stage of its own
+    # (tokenizer actors sized from the node's CPUs) that hands the encoder length-sorted token windows, so a GPU
+    # actor only pads, copies and runs the model. auto: stage when the encoder actors have GPUs; on CPU-only nodes
+    # actor, the simpler one, until `bench.embed --overhead` on a quiet node says otherwise (docs/embedding.md).
+    tokenize: Literal["auto", "actor", "stage"] = "auto"
 
 
 class TrainConfig(Section):
@@ -202,8 +205,9 @@ class StoreConfig(Section):
     spectrum_cpus: float = Field(0.5, gt=0)
     # publishes kept for rollback; Lance versions and model copies only older publishes used are removed
     keep_publishes: int = Field(14, ge=1)
-    # a writer lease older than this is stale (its writer is presumed dead) and is taken over
-    lease_timeout_s: float = Field(6 * 3600, gt=0)
+    # a writer lease not renewed for this long is stale (its writer is presumed dead) and is taken over; the holder
+    # renews it every sixth of this, however long the run (store/lease.py has the timing argument)
+    lease_timeout_s: float = Field(15 * 60, gt=0)
 
 
 class RecommendConfig(Section):
@@ -217,11 +221,16 @@ class EvalConfig(Section):
     links_path: str = str(DEFAULT_LINKS)
     like_threshold: float = 4.0
     k: int = Field(10, gt=0)
-    long_tail_max_ratings: int = Field(10, ge=1)
-    popularity_blend: float = Field(0.3, ge=0.0, le=1.0)
-    # true: the spectrum+popularity weight is picked on a validation slice (each user's second-to-last like, test
-    # targets removed) and popularity_blend is not used; false: popularity_blend as given
-    tune_blend: bool = True
+    # cold-item protocol: the rated movies are split into this many seeded folds; each fold's movies lose every
+    # training interaction once, and results pool over the folds (so every rated movie is cold once)
+    cold_folds: int = Field(5, ge=2)
+    # long-tail protocol: the head is the most popular movies that hold this share of the training interactions
+    head_share: float = Field(0.8, gt=0.0, lt=1.0)
+    # users whose served top k is fetched through the Recommender on the published store (one query each)
+    served_users: int = Field(100, gt=0)
+    # genre classification and coherence run over a seeded sample of at most this many catalog movies (the rated
+    # ones are always kept): the driver holds that sample's vectors, not the catalog's; None = every movie
+    coherence_pool: int | None = Field(50_000, gt=0)
     # query vectors sampled from each served table for the IVF-PQ vs exact-search recall
     ann_queries: int = Field(200, gt=0)
     # users scored (test and validation slices alike): None = every user with a held-out like, else a seeded sample

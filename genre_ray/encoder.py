@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel
 from transformers.utils import logging as hf_logging
 
 from genre_ray.config import EncoderConfig
 from genre_ray.embed.stats import EncodeStats
+from genre_ray.embed.tokens import Tokenizer, Tokens
 from genre_ray.text import encoder_id
 
 DEFAULT_MODEL = "minilm"
@@ -90,7 +91,7 @@ class TextEncoder:
         self.backend = resolve_backend(cfg, device)
         self.dtype = resolve_dtype(cfg.dtype, device) if self.backend == "torch" else torch.float32
         path = resolve_model_path(cfg.model)
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.tokenizer = Tokenizer(path, cfg.max_length)
         self._dim = encoder_dim(cfg)
         self.model: torch.nn.Module | None = None
         self._ort: _OrtModel | None = None
@@ -105,12 +106,12 @@ class TextEncoder:
     def dim(self) -> int:
         return self._dim
 
-    def tokenize(self, texts: list[str]) -> list[list[int]]:
-        """Token ids per text, truncated to max_length, special tokens included, no padding."""
-        return self.tokenizer(texts, truncation=True, max_length=self.cfg.max_length, padding=False)["input_ids"]
+    def tokenize(self, texts: list[str]) -> Tokens:
+        """Token ids of `texts` as flat arrays, truncated to max_length, special tokens included, no padding."""
+        return self.tokenizer(texts)
 
     def token_lengths(self, texts: list[str]) -> np.ndarray:
-        return np.fromiter((len(ids) for ids in self.tokenize(texts)), dtype=np.int64, count=len(texts))
+        return self.tokenize(texts).lengths
 
     def encode(self, texts: list[str], batch_size: int, sort_by_length: bool = True) -> np.ndarray:
         return self.encode_with_stats(texts, batch_size, sort_by_length)[0]
@@ -118,32 +119,41 @@ class TextEncoder:
     def encode_with_stats(
         self, texts: list[str], batch_size: int, sort_by_length: bool = True
     ) -> tuple[np.ndarray, EncodeStats]:
-        ids = self.tokenize(texts)
-        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-        # Stable sort: equal lengths keep input order, so results are deterministic for a given input.
-        order = np.argsort(lengths, kind="stable") if sort_by_length else np.arange(len(ids))
-        out = np.empty((len(ids), self.dim), dtype=np.float32)
-        stats = EncodeStats(docs=len(ids), tokens=int(lengths.sum()))
+        return self.encode_tokens(self.tokenize(texts), batch_size, sort_by_length)
+
+    def encode_tokens(
+        self, tokens: Tokens, batch_size: int, sort_by_length: bool = True
+    ) -> tuple[np.ndarray, EncodeStats]:
+        """float32 [len(tokens), dim] in the tokens' order; batches cut from the length order pad the least."""
+        lengths = tokens.lengths
+        order = tokens.length_order() if sort_by_length else np.arange(len(tokens))
+        out = np.empty((len(tokens), self.dim), dtype=np.float32)
+        stats = EncodeStats(docs=len(tokens), tokens=int(lengths.sum()))
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            out[rows] = self._encode_ids([ids[i] for i in rows])
-            stats.padded_tokens += int(lengths[rows].max()) * len(rows)
+            ids, mask = tokens.padded(rows, self.tokenizer.pad_id)
+            out[rows] = self._encode_ids(ids, mask)
+            stats.padded_tokens += ids.size
         return out, stats
 
     @torch.inference_mode()
-    def _encode_ids(self, ids: list[list[int]]) -> np.ndarray:
-        batch = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+    def _encode_ids(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        input_ids, attention_mask = torch.from_numpy(ids), torch.from_numpy(mask)
         if self._ort is not None:
-            hidden = self._ort(batch["input_ids"], batch["attention_mask"])
+            hidden = self._ort(input_ids, attention_mask)
         else:
             assert self.model is not None
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            hidden = self.model(**batch).last_hidden_state.float()
+            if self.device.type == "cuda":
+                # pinned host memory lets the copy run asynchronously with the host's next batch
+                input_ids = input_ids.pin_memory().to(self.device, non_blocking=True)
+                attention_mask = attention_mask.pin_memory().to(self.device, non_blocking=True)
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.float()
         if self.cfg.pooling == "cls":
             pooled = hidden[:, 0]
         else:
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+            # one batched matmul: the masked sum without materialising hidden * mask
+            weights = attention_mask.to(hidden.dtype).unsqueeze(1)
+            pooled = torch.bmm(weights, hidden).squeeze(1) / weights.sum(dim=2).clamp(min=1.0)
         if self.cfg.normalize:
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
         return pooled.cpu().numpy()

@@ -133,3 +133,38 @@ def classification_metrics(
             if support[i] > 0
         },
     }
+
+
+def paired_difference(ours: np.ndarray, baseline: np.ndarray, seed: int) -> dict[str, float]:
+    """Mean of the per-user difference with its seeded 95% bootstrap interval: both sides on the same users."""
+    return mean_with_ci(np.asarray(ours, dtype=np.float64) - np.asarray(baseline, dtype=np.float64), seed)
+
+
+# ---------------------------------------------------------------- beyond accuracy (top-k lists of item indices)
+
+
+def aplt(top: np.ndarray, is_tail: np.ndarray) -> float:
+    """Average percentage of long tail: the mean share of tail movies in a user's list."""
+    return float(is_tail[top].mean()) if top.size else float("nan")
+
+
+def catalog_coverage(top: np.ndarray, n_candidates: int) -> float:
+    """The share of the candidates that appear in at least one user's list."""
+    return len(np.unique(top)) / n_candidates if n_candidates else float("nan")
+
+
+def intra_list_diversity(top: np.ndarray, genres: np.ndarray) -> float:
+    """Mean over users of the mean pairwise (1 - cosine) between the one-hot genre vectors of their list."""
+    if top.shape[1] < 2:
+        return float("nan")
+    unit = unit_rows(genres.astype(np.float64))[top]  # (users, k, g)
+    sims = np.einsum("ukg,ujg->ukj", unit, unit)
+    k = top.shape[1]
+    pairs = (sims.sum(axis=(1, 2)) - np.einsum("ukk->u", sims)) / (k * (k - 1))
+    return float((1.0 - pairs).mean())
+
+
+def novelty(top: np.ndarray, counts: np.ndarray, users: int) -> float:
+    """Mean self-information -log2((ratings + 1) / (users + 1)) of the recommended movies (higher: less known)."""
+    p = (np.asarray(counts, dtype=np.float64) + 1.0) / (users + 1.0)
+    return float((-np.log2(np.minimum(p, 1.0)))[top].mean()) if top.size else float("nan")

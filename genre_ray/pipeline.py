@@ -16,10 +16,13 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from genre_ray.config import Config
 from genre_ray.layout import RunLayout, atomic_write_text
+
+if TYPE_CHECKING:
+    from genre_ray.store.lease import Lease
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +59,10 @@ def _train(cfg: Config, layout: RunLayout, promote: bool) -> Any:
     return train_classifier(cfg, layout, promote=promote)
 
 
-def _publish(cfg: Config, layout: RunLayout, run_id: str, promote: bool) -> Any:
+def _publish(cfg: Config, layout: RunLayout, run_id: str, promote: bool, lease: Lease | None) -> Any:
     from genre_ray.store import publish
 
-    return publish(cfg, layout, run_id=run_id, promote=promote)
+    return publish(cfg, layout, run_id=run_id, promote=promote, lease=lease)
 
 
 def _evaluate(cfg: Config, layout: RunLayout) -> Any:
@@ -137,18 +140,28 @@ def expand(stages: Sequence[str]) -> list[str]:
     return out
 
 
-def check_inputs(layout: RunLayout, stages: Sequence[str]) -> None:
-    """Raise CatalogMissing (naming the path, saying to run ingest) when a stage would read a catalog that no
-    ingest wrote: checked on the driver in a second, not after Ray has started and a worker failed to read it."""
-    for stage in expand(stages):
-        name = stage.rstrip("?")
-        if name == "ingest":
-            return
-        if name in READS_CATALOG:
-            from genre_ray.catalog.reader import catalog_files
+def check_inputs(cfg: Config, stages: Sequence[str]) -> None:
+    """Fail in a second, on the driver, naming the path and the fix, where a stage would fail on an input that is
+    not there only after Ray has started: a catalog no ingest wrote (CatalogMissing), evaluate's ratings files."""
+    from genre_ray import storage
 
-            catalog_files(layout)
-            return
+    layout = RunLayout.of(cfg.workdir, cfg.storage.options)
+    names = [s.rstrip("?") for s in expand(stages)]
+    first_reader = next((i for i, name in enumerate(names) if name in READS_CATALOG), None)
+    if first_reader is not None and "ingest" not in names[:first_reader]:
+        from genre_ray.catalog.reader import catalog_files
+
+        catalog_files(layout)
+    if "evaluate" in names:
+        from genre_ray.errors import PreconditionError
+
+        for key in ("ratings_path", "links_path"):
+            value = getattr(cfg.eval, key)
+            if not storage.location(value, cfg.storage.options).is_file():
+                raise PreconditionError(
+                    f"eval.{key}: {value} is not a file; evaluate needs MovieLens' ratings.csv and links.csv "
+                    "(the defaults are in data/movielens-latest-small/; set this key to your copy)"
+                )
 
 
 def run_stages(
@@ -169,8 +182,11 @@ def run_stages(
     layout = RunLayout.of(cfg.workdir, cfg.storage.options)
     run_id = run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     plan = expand(stages)
-    check_inputs(layout, plan)
+    check_inputs(cfg, plan)
+    from genre_ray.runtime import init_ray
+
     if not MUTATING & {s.rstrip("?") for s in plan}:
+        init_ray(cfg.ray)
         return _run_plan(cfg, layout, run_id, plan, echo, promote)
     from genre_ray import storage
 
@@ -178,13 +194,21 @@ def run_stages(
     storage.check_access(layout.root)
     from genre_ray.store import writer_lease
 
-    with writer_lease(layout.store_dir, run_id, cfg.store.lease_timeout_s, break_lock):
-        return _run_plan(cfg, layout, run_id, plan, echo, promote)
+    with writer_lease(layout.store_dir, run_id, cfg.store.lease_timeout_s, break_lock) as lease:
+        init_ray(cfg.ray)  # after the lease: a refused writer exits 3 at once, without starting a Ray node
+        return _run_plan(cfg, layout, run_id, plan, echo, promote, lease)
 
 
 def _run_plan(
-    cfg: Config, layout: RunLayout, run_id: str, plan: list[str], echo: Callable[[str], None], promote: bool
+    cfg: Config,
+    layout: RunLayout,
+    run_id: str,
+    plan: list[str],
+    echo: Callable[[str], None],
+    promote: bool,
+    lease: Lease | None = None,
 ) -> RunReport:
+    """`lease`: the writer lease a mutating run holds, checked before each stage (a lost one stops the run)."""
     report = RunReport(
         run_id=run_id,
         workdir=str(layout.root),
@@ -199,7 +223,7 @@ def _run_plan(
         "train": lambda: _train(cfg, layout, promote),
         # a retrain the gate served is promoted over a rollback's pin; one it held back publishes nothing new
         "publish": lambda: _publish(
-            cfg, layout, run_id, promote or getattr(report.outputs.get("train"), "served", False)
+            cfg, layout, run_id, promote or getattr(report.outputs.get("train"), "served", False), lease
         ),
         "evaluate": lambda: _evaluate(cfg, layout),
     }
@@ -211,6 +235,8 @@ def _run_plan(
                 echo(f"[{name}] skipped: output already in {layout.root}")
                 report.results[name] = {"status": "skipped"}
                 continue
+            if lease is not None:
+                lease.check()
             echo(f"[{name}] running")
             t0 = time.perf_counter()
             result = runners[name]()

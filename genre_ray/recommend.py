@@ -18,24 +18,13 @@ import numpy as np
 
 from genre_ray import schema, serving_params
 from genre_ray.config import Config
+from genre_ray.errors import BadQuery, MovieNotFound
 from genre_ray.layout import RunLayout
 from genre_ray.ranking import unit_rows
 from genre_ray.serving_params import ServingParams
 from genre_ray.store import Filters, Store, StoreError, View
 
 SPECTRUM_TOP = 3
-
-
-class MovieNotFound(LookupError):
-    """No movie with that id or title; `close` holds the served titles closest to it."""
-
-    def __init__(self, message: str, close: Sequence[str] = ()):
-        super().__init__(message)
-        self.close = list(close)
-
-
-class BadQuery(ValueError):
-    """A query argument the store cannot answer (e.g. a language it has no movie in); the message lists options."""
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import torch
 from ray.data.dataset import MaterializedDataset
 
 from genre_ray import schema
-from genre_ray.model import load_classifier
+from genre_ray.model import GenreClassifier, load_classifier
 from genre_ray.schema import METADATA_COLUMNS
 from genre_ray.storage import StoragePath
 
@@ -60,13 +60,20 @@ class SpectrumMapper:
         batch, meta = batch.filter(fresh), meta.filter(fresh)
         if batch.num_rows == 0:
             return self.schema.empty_table()
-        # a copy: Arrow buffers are read-only and torch wants to own what it wraps
-        x = schema.vector_matrix(batch["embedding"]).copy()
-        with torch.inference_mode():
-            vectors = self.model.spectrum(torch.from_numpy(x))
-            # eval() disables dropout, so head(trunk(x)) is exactly model(x).
-            probs = torch.sigmoid(self.model.head(vectors))
-        return _served(meta, vectors.numpy(), probs.numpy(), self.model_version, self.schema)
+        vectors, probs = infer(self.model, schema.vector_matrix(batch["embedding"]))
+        return _served(meta, vectors, probs, self.model_version, self.schema)
+
+
+def infer(model: GenreClassifier, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Spectrum vectors and genre probabilities of a block of text embeddings: the one path the spectrum stage
+    and evaluation share, so evaluation scores exactly the vectors a publish serves."""
+    # a copy: Arrow buffers are read-only and torch wants to own what it wraps
+    x = torch.from_numpy(np.array(embeddings, dtype=np.float32, copy=True))
+    with torch.inference_mode():
+        vectors = model.spectrum(x)
+        # eval() disables dropout, so head(trunk(x)) is exactly model(x).
+        probs = torch.sigmoid(model.head(vectors))
+    return vectors.numpy(), probs.numpy()
 
 
 def _served(meta: pa.Table, vectors: np.ndarray, probs: np.ndarray, model_version: str, out: pa.Schema) -> pa.Table:

@@ -14,6 +14,7 @@ from string import Template
 from typing import Any
 
 from genre_ray.config import TextConfig
+from genre_ray.errors import TemplateError
 from genre_ray.schema import CATALOG
 
 LABEL_FIELDS = frozenset({"genres"})
@@ -23,10 +24,6 @@ DERIVED_FIELDS = frozenset({"budget_text", "revenue_text", "original_title_text"
 # What a template may name: the catalog's fields plus the derived ones. A typo ($overveiw) would otherwise
 # silently drop its part from every document.
 TEMPLATE_FIELDS = frozenset(set(CATALOG.names) - {"document", "content_hash"} | DERIVED_FIELDS)
-
-
-class TemplateError(ValueError):
-    pass
 
 
 def _money(value: Any) -> str | None:

@@ -14,7 +14,7 @@ from factories import catalog_table, write_catalog
 from genre_ray import schema
 from genre_ray.config import Config, EmbedConfig
 from genre_ray.embed import embed_catalog, embeddings_uri, load_embeddings, read_embeddings
-from genre_ray.embed.actors import ActorPlan, plan_actors
+from genre_ray.embed.actors import ActorPlan, TokenizerPlan, plan_actors, plan_tokenizers, tokenize_in_stage
 from genre_ray.encoder import TextEncoder
 from genre_ray.layout import RunLayout
 from genre_ray.text import DocumentBuilder, content_hash, encoder_id
@@ -69,6 +69,22 @@ def test_ray_pipeline_equals_plain_encoder_loop(base_run):
         assert got_hash == chash
         assert float(got @ plain[i]) > 0.999, movie_id
     assert set(table["encoder_id"].to_pylist()) == {encoder_id("minilm", 256, "mean", True)}
+
+
+def test_tokenizer_stage_layout_gives_the_same_fp32_vectors(base_run, tmp_path):
+    layout, catalog, _ = base_run
+    staged = RunLayout.of(tmp_path)
+    write_catalog(catalog, staged.movies)
+    cfg = _cfg(tmp_path)
+    cfg.embed.tokenize = "stage"
+    stats = embed_catalog(cfg, staged)
+    assert stats.docs_embedded == N and stats.tokenize.startswith("stage")
+    in_actor, in_stage = _by_id(read_embeddings(layout)), _by_id(read_embeddings(staged))
+    assert sorted(in_stage) == sorted(in_actor)
+    for movie_id, (chash, vector) in in_actor.items():
+        assert in_stage[movie_id][0] == chash
+        # the same sorted batches either way; fp32 sums may still differ in their last bit
+        np.testing.assert_allclose(in_stage[movie_id][1], vector, atol=1e-6)
 
 
 def test_load_embeddings_is_a_ray_dataset_of_the_same_rows(base_run):
@@ -178,6 +194,24 @@ def test_cpu_plan_honours_explicit_sizes_and_rejects_oversubscription():
     assert (plan.num_actors, plan.threads) == (8, 2)
     with pytest.raises(ValueError, match="oversubscribes"):
         plan_actors(EmbedConfig(num_actors=4, cpu_threads=4), {"CPU": 8.0})
+
+
+def test_tokenizers_get_a_stage_when_encoders_have_gpus_or_when_forced():
+    gpu = plan_actors(EmbedConfig(), {"CPU": 16.0, "GPU": 2.0})
+    cpu = plan_actors(EmbedConfig(), {"CPU": 2.0})
+    assert tokenize_in_stage(EmbedConfig(), gpu) and not tokenize_in_stage(EmbedConfig(), cpu)
+    assert tokenize_in_stage(EmbedConfig(tokenize="stage"), cpu)
+    assert not tokenize_in_stage(EmbedConfig(tokenize="actor"), gpu)
+
+
+@pytest.mark.parametrize("cpus", [2.0, 4.0, 16.0, 64.0])
+def test_tokenizer_pool_takes_what_the_encoders_leave_and_a_cpu_stays_free(cpus):
+    for resources in ({"CPU": cpus}, {"CPU": cpus, "GPU": 1.0}):
+        encoders, tokenizers = plan_tokenizers(plan_actors(EmbedConfig(), resources), resources)
+        reserved = encoders.num_actors * encoders.num_cpus + tokenizers.num_actors * tokenizers.num_cpus
+        assert reserved <= cpus - 1 and tokenizers.num_cpus > 0 and encoders.num_cpus > 0
+    _, tokenizers = plan_tokenizers(plan_actors(EmbedConfig(), {"CPU": 16.0, "GPU": 2.0}), {"CPU": 16.0, "GPU": 2.0})
+    assert tokenizers == TokenizerPlan(13, 1.0)
 
 
 def test_plan_is_limited_to_the_windows_there_are():

@@ -124,3 +124,56 @@ def test_gpu_ignores_the_cpu_backend():
 
     assert resolve_backend(EncoderConfig(cpu_backend="onnx-int8"), "cuda") == "torch"
     assert resolve_backend(EncoderConfig(cpu_backend="onnx-int8"), "cpu") == "onnx-int8"
+
+
+# ------------------------------------------------------------------------------------------- Tokens
+
+
+def test_tokens_are_the_transformers_tokenizers_ids_in_flat_arrays(encoder):
+    from transformers import AutoTokenizer
+
+    from genre_ray.encoder import resolve_model_path
+
+    texts = [*TEXTS, "", "word " * 400]
+    expected = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))(texts, truncation=True, max_length=256)
+    tokens = encoder.tokenize(texts)
+    assert tokens.ids.dtype == np.int32 and tokens.offsets[0] == 0 and len(tokens) == len(texts)
+    assert [tokens.ids[a:b].tolist() for a, b in zip(tokens.offsets[:-1], tokens.offsets[1:], strict=True)] == (
+        expected["input_ids"]
+    )
+    assert tokens.lengths.max() == 256
+
+
+def test_tokens_take_pad_and_arrow_round_trip_keep_every_id(encoder):
+    from genre_ray.embed.tokens import Tokens
+
+    tokens = encoder.tokenize(TEXTS)
+    doc = [tokens.ids[a:b].tolist() for a, b in zip(tokens.offsets[:-1], tokens.offsets[1:], strict=True)]
+    order = tokens.length_order()
+    assert np.all(np.diff(tokens.lengths[order]) >= 0)
+    taken = tokens.take(order)
+    assert [taken.ids[a:b].tolist() for a, b in zip(taken.offsets[:-1], taken.offsets[1:], strict=True)] == [
+        doc[i] for i in order
+    ]
+    # a slice of the Arrow column (what a Ray block boundary hands over) rebases its offsets
+    back = Tokens.from_arrow(tokens.to_arrow().slice(1, 3))
+    assert [back.ids[a:b].tolist() for a, b in zip(back.offsets[:-1], back.offsets[1:], strict=True)] == doc[1:4]
+    ids, mask = tokens.padded(np.array([2, 1]), pad_id=0)
+    assert ids.dtype == mask.dtype == np.int64 and ids.shape == (2, len(doc[1]))
+    assert ids[0, : len(doc[2])].tolist() == doc[2] and not ids[0, len(doc[2]) :].any()
+    assert mask.sum(axis=1).tolist() == [len(doc[2]), len(doc[1])]
+
+
+def test_encode_tokens_equals_padding_the_whole_batch_in_transformers(encoder):
+    from transformers import AutoTokenizer
+
+    from genre_ray.encoder import resolve_model_path
+
+    batch = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))(
+        TEXTS, truncation=True, max_length=256, padding=True, return_tensors="pt"
+    )
+    with torch.inference_mode():
+        hidden = encoder.model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    reference = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1).numpy()
+    np.testing.assert_allclose(encoder.encode(TEXTS, batch_size=2), reference, atol=1e-5)

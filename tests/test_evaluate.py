@@ -18,25 +18,14 @@ from lancedb.index import IvfPq
 from genre_ray import schema
 from genre_ray.config import Config, EvalConfig, StoreConfig
 from genre_ray.embed import embeddings_uri
-from genre_ray.evaluate import (
-    METHODS,
-    Catalog,
-    MethodScorer,
-    compute_metrics,
-    drop_targets,
-    evaluate,
-    goal,
-    join_ratings,
-    leave_last_liked_out,
-    method_ranks,
-    methods,
-)
+from genre_ray.errors import PreconditionError
+from genre_ray.evaluate import evaluate
+from genre_ray.evaluate.protocols import join_ratings, leave_last_liked_out, train_counts, validation_split
 from genre_ray.layout import RunLayout
-from genre_ray.metrics import hit_and_ndcg_at_k, hit_and_ndcg_from_counts
 from genre_ray.model import ClassifierSpec, GenreClassifier, save_classifier
-from genre_ray.ranking import rank_chunks
 from genre_ray.store.recall import ann_recall
 
+SCHEMA = Path(__file__).resolve().parents[1] / "docs" / "metrics.schema.json"
 EMB_DIM = 16
 
 
@@ -59,7 +48,27 @@ def test_join_ratings_maps_through_tmdb_ids_and_drops_the_rest():
     # 20 has no TMDB id, 30 is not in the catalog, 40 shares TMDB id 111 with 10 (a MovieLens duplicate).
     links = pd.DataFrame({"movieId": [10, 20, 30, 40], "tmdbId": [111.0, np.nan, 999.0, 111.0]})
     out = join_ratings(ratings, links, np.array(["050", "111"]))
-    assert out[["user", "item", "rating", "timestamp"]].values.tolist() == [[1, 1, 2.0, 8], [2, 1, 1.0, 9]]
+    assert out.frame[["user", "item", "rating", "timestamp"]].values.tolist() == [[1, 1, 2.0, 8], [2, 1, 1.0, 9]]
+    assert (out.ratings_in, out.ratings_joined, out.movies_rated) == (5, 3, 1)
+    assert out.join_rate == pytest.approx(3 / 5)
+
+
+def test_movielens_layout_ids_join_their_own_ratings_without_links():
+    ratings = pd.DataFrame(
+        {"userId": [1, 1, 2], "movieId": [1, 2, 3], "rating": [5.0, 4.0, 3.0], "timestamp": [1, 2, 3]}
+    )
+    out = join_ratings(ratings, None, np.array(["ml:1", "ml:3", "tt9"]))
+    assert out.frame[["user", "item"]].values.tolist() == [[1, 0], [2, 1]]
+    assert out.join_rate == pytest.approx(2 / 3)
+
+
+def test_no_user_with_two_likes_is_a_message_naming_the_ratings():
+    ratings = ratings_frame([(1, 0, 5.0, 1), (2, 1, 2.0, 1)])
+    with pytest.raises(PreconditionError, match=r"ratings\.csv: no user has two ratings >= 4\.0"):
+        leave_last_liked_out(ratings, 4.0, "ratings.csv")
+    single = ratings_frame([(1, 0, 5.0, 1), (1, 1, 5.0, 2)])
+    with pytest.raises(PreconditionError, match="the validation slice"):
+        validation_split(leave_last_liked_out(single, 4.0), 4.0)
 
 
 # ---------------------------------------------------------------- leave-last-liked-out
@@ -81,13 +90,14 @@ def test_leave_last_liked_out_hand_computed():
             (3, 2, 5.0, 1),
         ]
     )
-    split = leave_last_liked_out(ratings, n_items=6, like_threshold=4.0)
+    split = leave_last_liked_out(ratings, like_threshold=4.0)
     assert split.users.tolist() == [1, 2]
     assert split.target.tolist() == [4, 4]
     assert [h.tolist() for h in split.history] == [[0, 2], [0]]
-    assert [sorted(s.tolist()) for s in split.seen] == [[0, 1, 2], [0]]
+    # every other rating of the user is masked, the later dislike included
+    assert [sorted(s.tolist()) for s in split.seen] == [[0, 1, 2, 3], [0]]
     # item 4 was rated 2x, both times as a target: popularity must not see it
-    assert split.train_counts.tolist() == [2, 1, 2, 1, 0, 0]
+    assert train_counts(split, 6).tolist() == [2, 1, 2, 1, 0, 0]
 
 
 def random_ratings(seed: int, users: int = 40, items: int = 50) -> pd.DataFrame:
@@ -104,7 +114,7 @@ def random_ratings(seed: int, users: int = 40, items: int = 50) -> pd.DataFrame:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_split_has_no_leakage(seed: int):
     ratings = random_ratings(seed)
-    split = leave_last_liked_out(ratings, n_items=50, like_threshold=4.0)
+    split = leave_last_liked_out(ratings, like_threshold=4.0)
     assert len(split.users) > 10
     for u, target, t, history, seen in zip(
         split.users, split.target, split.target_time, split.history, split.seen, strict=True
@@ -116,126 +126,18 @@ def test_split_has_no_leakage(seed: int):
         likes = mine[mine["rating"] >= 4.0]
         assert (likes["timestamp"] <= t).all()
         assert len(history) == len(likes) - 1
+        assert len(seen) == len(mine) - 1
     everything = np.bincount(ratings["item"], minlength=50)
-    assert (split.train_counts == everything - np.bincount(split.target, minlength=50)).all()
+    assert (train_counts(split, 50) == everything - np.bincount(split.target, minlength=50)).all()
 
 
 def test_validation_slice_holds_out_the_second_to_last_like():
     ratings = ratings_frame([(1, 0, 5.0, 1), (1, 1, 5.0, 2), (1, 2, 5.0, 3), (2, 3, 5.0, 1), (2, 4, 5.0, 2)])
-    test = leave_last_liked_out(ratings, n_items=5, like_threshold=4.0)
-    val = leave_last_liked_out(drop_targets(ratings, test), n_items=5, like_threshold=4.0)
+    test = leave_last_liked_out(ratings, like_threshold=4.0)
+    val = validation_split(test, like_threshold=4.0)
     assert val.users.tolist() == [1]  # user 2 is left with a single like
     assert val.target.tolist() == [1] and val.history[0].tolist() == [0]
-    assert val.train_counts[[2, 1]].tolist() == [0, 0]  # neither the test nor the validation target is counted
-
-
-def tiny_catalog(n: int, seed: int = 0) -> Catalog:
-    rng = np.random.default_rng(seed)
-    genres = [sorted(rng.choice(GENRES, size=int(rng.integers(1, 3)), replace=False).tolist()) for _ in range(n)]
-    return Catalog(
-        movie_ids=np.array([str(i) for i in range(n)]),
-        titles=[f"m{i}" for i in range(n)],
-        genres=genres,
-        text=rng.normal(size=(n, 8)).astype(np.float32),
-        spectrum=rng.random(size=(n, 4)).astype(np.float32),
-        probs=rng.random(size=(n, len(GENRES))),
-        vocab=list(GENRES),
-        threshold=0.5,
-        is_test=rng.random(n) < 0.3,
-    )
-
-
-def candidates_of(ratings: pd.DataFrame, n: int) -> np.ndarray:
-    candidates = np.zeros(n, dtype=bool)
-    candidates[ratings["item"].unique()] = True
-    return candidates
-
-
-def dense_reference(catalog: Catalog, split, candidates: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The unchunked definition: every user x every item scored at once, exclusions as -inf, HR/NDCG from it."""
-    users, items = np.arange(len(split.users)), np.arange(len(catalog.movie_ids))
-    out = {}
-    for name, scores in MethodScorer(catalog, split, methods(0.3))(users, items).items():
-        scores = np.where(candidates[None, :], scores, -np.inf)
-        for row, seen in enumerate(split.seen):
-            scores[row, seen] = -np.inf
-        m = hit_and_ndcg_at_k(scores, split.target, k=10)
-        out[name] = (m.hit, m.ndcg)
-    return out
-
-
-def test_every_method_ranks_the_same_candidates():
-    catalog = tiny_catalog(50)
-    ratings = random_ratings(3)
-    split = leave_last_liked_out(ratings, 50, 4.0)
-    candidates = candidates_of(ratings, 50)
-    counts = method_ranks(catalog, split, candidates, methods(0.3), EvalConfig(chunk_rows=4, chunk_cols=8))
-    assert set(counts) == set(METHODS)
-    allowed = [candidates.sum() - candidates[seen].sum() for seen in split.seen]
-    for m in METHODS:
-        assert counts[m].ranked.tolist() == allowed, m
-        assert (counts[m].tied >= 1).all() and (counts[m].above + counts[m].tied <= counts[m].ranked).all()
-
-
-def test_chunked_rankings_equal_the_unchunked_definition():
-    """Chunks of 3 users x 7 candidates give exactly the metrics of one dense users x catalog matrix."""
-    catalog = tiny_catalog(50, seed=4)
-    ratings = random_ratings(5)
-    split = leave_last_liked_out(ratings, 50, 4.0)
-    candidates = candidates_of(ratings, 50)
-    assert len(split.users) > 3 * 4  # several user chunks, the last one partial
-    dense = dense_reference(catalog, split, candidates)
-    for rows, cols in ((3, 7), (1, 1), (1000, 1000)):
-        counts = method_ranks(catalog, split, candidates, methods(0.3), EvalConfig(chunk_rows=rows, chunk_cols=cols))
-        for name, c in counts.items():
-            got = hit_and_ndcg_from_counts(c.above, c.tied, 10)
-            assert got.hit.tolist() == dense[name][0].tolist(), (name, rows, cols)
-            assert got.ndcg.tolist() == dense[name][1].tolist(), (name, rows, cols)
-    # ties are real here (one-hot genres, popularity counts): the comparison is not vacuous
-    assert (method_ranks(catalog, split, candidates, methods(0.3), EvalConfig())["genres_onehot"].tied > 1).any()
-
-
-def test_a_chunk_never_scores_more_than_chunk_rows_users_or_chunk_cols_candidates():
-    catalog = tiny_catalog(50, seed=4)
-    ratings = random_ratings(5)
-    split = leave_last_liked_out(ratings, 50, 4.0)
-    candidates = np.flatnonzero(candidates_of(ratings, 50))
-    score = MethodScorer(catalog, split, methods(0.3))
-    chunks = list(rank_chunks(score, split.target, split.seen, candidates, rows=4, cols=6))
-    assert len(chunks) == -(-len(split.users) // 4)
-    assert np.concatenate([c.users for c in chunks]).tolist() == list(range(len(split.users)))
-    for c in chunks:
-        assert len(c.users) <= 4
-        assert c.block_shape[0] <= 4 and c.block_shape[1] <= 6
-        assert all(len(v.above) == len(c.users) for v in c.counts.values())
-
-
-def test_sampled_users_and_coherence_queries_are_seeded_subsets():
-    catalog = tiny_catalog(120, seed=6)
-    ratings = random_ratings(7, users=60, items=120)
-    full = compute_metrics(catalog, ratings, Config())
-    sampled_cfg = Config(eval=EvalConfig(max_users=10, coherence_queries=5))
-    sampled = compute_metrics(catalog, ratings, sampled_cfg)
-    assert sampled == compute_metrics(catalog, ratings, sampled_cfg)  # seeded
-    protocol = sampled["recommendation"]["protocol"]
-    assert protocol["users"] == 10 and protocol["users_eligible"] == full["recommendation"]["protocol"]["users"] > 10
-    coherence = sampled["genres"]["coherence@10"]
-    assert coherence["queries"] == 5 and coherence["queries_held_out"] == full["genres"]["coherence@10"]["queries"]
-    # the defaults score everyone: no sampling keys in the report
-    assert "users_eligible" not in full["recommendation"]["protocol"]
-
-
-def test_goal_verdicts_carry_the_paired_difference():
-    better = goal("a > b", np.array([1.0, 1.0, 0.0, 1.0]), np.array([0.0, 1.0, 0.0, 0.0]), ">", seed=0)
-    assert better["met"] and better["difference"]["mean"] == pytest.approx(0.5)
-    assert better["measured"].startswith("0.7500 > 0.2500 (difference +0.5000")
-    worse = goal("a >= b", np.zeros(4), np.array([0.0, 1.0, 0.0, 0.0]), ">=", seed=0)
-    assert not worse["met"] and worse["measured"].startswith("0.0000 vs 0.2500")
-    tie = goal("a >= b", np.zeros(4), np.zeros(4), ">=", seed=0)
-    assert tie["met"] and "trivially" in tie["note"]
-
-
-# ---------------------------------------------------------------- ANN recall
+    assert train_counts(val, 5)[[2, 1]].tolist() == [0, 0]  # neither the test nor the validation target is counted
 
 
 def test_ann_recall_indexed_and_flat_tables(tmp_path: Path):
@@ -322,13 +224,15 @@ def make_run(root: Path) -> tuple[Config, RunLayout]:
     ratings_path, links_path = write_ratings(catalog, root)
     cfg = Config(
         workdir=str(layout.root),
-        eval=EvalConfig(ratings_path=str(ratings_path), links_path=str(links_path), long_tail_max_ratings=3),
+        eval=EvalConfig(ratings_path=str(ratings_path), links_path=str(links_path), cold_folds=2),
         store=StoreConfig(min_partition_rows=50, index_min_rows=100_000),
     )
     return cfg, layout
 
 
 def test_evaluate_writes_report_and_is_deterministic(tmp_path: Path):
+    import jsonschema
+
     cfg, layout = make_run(tmp_path)
     first = evaluate(cfg, layout)
     written = (layout.reports_dir / "metrics.json").read_bytes()
@@ -336,42 +240,102 @@ def test_evaluate_writes_report_and_is_deterministic(tmp_path: Path):
     assert (layout.reports_dir / "metrics.json").read_bytes() == written
     assert first == second
     metrics = json.loads(written)
-    assert [v.split(" ")[0] for v in first["goals"].values()] == [
-        "MET" if g["met"] else "NOT" for g in metrics["goals"]
-    ]
+    jsonschema.validate(metrics, json.loads(SCHEMA.read_text()))
 
     recs = metrics["recommendation"]
-    assert set(recs["methods"]) == set(METHODS)
-    assert recs["protocol"]["users"] == 40
+    assert recs["ratings"]["join_rate"] == 1.0
+    assert recs["warm"]["users"] == 40
     # genre-structured ratings and embeddings: content beats popularity here, and one-hot genres are near-perfect
-    hr = {m: v["all"]["hr@10"]["mean"] for m, v in recs["methods"].items()}
+    hr = {m: v["hr_at_10"]["mean"] for m, v in recs["warm"]["methods"].items()}
     assert hr["genres_onehot"] > hr["popularity"]
     assert hr["text_embedding"] > hr["popularity"]
     assert metrics["genres"]["coherence@10"]["text_embedding"] > 0.5
     assert metrics["ann"] == {}  # nothing published in this run: said in the report, not a crash
-    assert [g["goal"].split(" ")[0] for g in metrics["goals"]] == ["spectrum", "spectrum+popularity", "spectrum"]
-
-    report = (layout.reports_dir / "report.md").read_text()
-    for g in metrics["goals"]:
-        assert f"| {g['goal']} | {g['measured']} | **{'MET' if g['met'] else 'NOT MET'}**" in report
-    for png in ("training_curves.png", "spectrum_map.png", "hr_at_k.png"):
+    assert "Goals" not in (report := (layout.reports_dir / "report.md").read_text())
+    assert "## Verdict" in report and "## Cold items" in report and "## Long tail" in report
+    for png in ("training_curves.png", "spectrum_map.png", "hr_at_k.png", "cold_hybrid_tradeoff.png"):
         data = (layout.reports_dir / png).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 5_000
         assert f"]({png})" in report
+    # the served parameters are written beside the model they were chosen for
+    from genre_ray import serving_params
+
+    params = serving_params.read(layout.model_dir, metrics["model_version"])
+    assert params is not None and params.chosen_by == "evaluate:spectrum_votes"
+    assert params.popularity_weight == recs["serving"]["params"]["popularity_weight"]
+
+
+def test_ratings_that_join_no_catalog_movie_name_the_file(tmp_path: Path):
+    cfg, layout = make_run(tmp_path)
+    links = tmp_path / "other_links.csv"
+    pd.DataFrame({"movieId": [1, 2], "tmdbId": [10**9, 10**9 + 1]}).to_csv(links, index=False)
+    cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"links_path": str(links)})})
+    with pytest.raises(PreconditionError, match=r"ratings\.csv: none of its \d+ ratings joins a catalog movie"):
+        evaluate(cfg, layout)
 
 
 @pytest.mark.slow
-def test_evaluate_reads_the_published_tables(tmp_path: Path, ray_session):
-    from genre_ray.store import publish
+def test_evaluate_scores_the_served_ranking_as_served_and_the_next_publish_carries_it(tmp_path: Path, ray_session):
+    from genre_ray import serving_params
+    from genre_ray.evaluate import methods, recommendation
+    from genre_ray.evaluate.data import load_catalog
+    from genre_ray.evaluate.protocols import rated_catalog_ids
+    from genre_ray.evaluate.rank import score_split
+    from genre_ray.evaluate.run import read_ratings
+    from genre_ray.evaluate.serving import served_top
+    from genre_ray.model import load_classifier
+    from genre_ray.store import Store, publish
 
     cfg, layout = make_run(tmp_path)
     publish(cfg, layout, run_id="r1")
     evaluate(cfg, layout)
-    ann = json.loads((layout.reports_dir / "metrics.json").read_text())["ann"]
+    metrics = json.loads((layout.reports_dir / "metrics.json").read_text())
+    ann = metrics["ann"]
     assert sorted(ann) == ["movies_en", "movies_other"]
-    assert sum(a["rows"] for a in ann.values()) == 160
     assert all(a["indexed"] is False for a in ann.values())  # below store.index_min_rows: exact search
-    assert "movies_en | 120 | no |" in (layout.reports_dir / "report.md").read_text()
+    assert metrics["recommendation"]["warm"]["methods"]["served"]["users"] == 40
+
+    # The evaluator's served ranking over every published movie equals Recommender.for_user's top 10.
+    params = {"popularity_weight": 0.4, "pool_factor": 4, "mmr_lambda": None}
+    ratings, links = read_ratings(cfg)
+    catalog = load_catalog(layout, load_classifier(layout.model_dir), rated_catalog_ids(ratings, links), cfg)
+    joined = join_ratings(ratings, links, catalog.movie_ids)
+    manifest = Store(layout.store_dir).manifest()
+    prior = methods.log_scaled(catalog.votes, manifest["stats"]["max_log_votes"])
+    world = recommendation.World(catalog, catalog.genre_matrix()[0], prior, 4.0, 10, 0, 64)
+    split = leave_last_liked_out(joined.frame, 4.0)
+    users = np.arange(5)
+    few = split.subset(users)
+    exact = score_split(
+        few,
+        np.arange(len(catalog.movie_ids)),
+        {"spectrum": methods.Content(catalog.spectrum, few.history)},
+        {"served": recommendation.served_rerank(world, params)},
+    )["served"].top
+    served = served_top(cfg, layout, catalog.movie_ids, split, users, params)
+    assert [[str(x) for x in row] for row in catalog.movie_ids[exact]] == served
+
+    # the next publish carries the parameters evaluate chose for this model into the manifest
+    publish(cfg, layout, run_id="r2")
+    carried = serving_params.from_manifest(Store(layout.store_dir).manifest())
+    assert carried == serving_params.read(layout.model_dir, metrics["model_version"])
+    assert carried.chosen_by == "evaluate:spectrum_votes"
+    # and a reader's defaults (no ranking argument) are then the evaluated ranking
+    from genre_ray.recommend import Recommender
+
+    chosen = carried.model_dump()
+    exact = score_split(
+        few,
+        np.arange(len(catalog.movie_ids)),
+        {"spectrum": methods.Content(catalog.spectrum, few.history)},
+        {"served": recommendation.served_rerank(world, chosen)},
+    )["served"].top
+    rec = Recommender(cfg, layout)
+    for u in users:
+        history = [str(x) for x in catalog.movie_ids[split.history[u]]]
+        seen = [str(x) for x in catalog.movie_ids[split.seen[u]]]
+        got = [r.movie_id for r in rec.for_user(history, exclude_ids=seen)]
+        assert got == [str(x) for x in catalog.movie_ids[exact[u]]]
 
 
 def test_evaluate_scores_the_split_the_model_was_trained_on(tmp_path: Path):

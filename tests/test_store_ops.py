@@ -42,7 +42,7 @@ def test_second_writer_fails_at_once_with_the_holder_named(tmp_path):
         assert read_lease(tmp_path)["run_id"] == "night-1"
         with pytest.raises(LeaseError, match=r"store is being written by run night-1 on .* since .*--break-lock"):
             acquire(tmp_path, "night-2", timeout_s=3600)
-        assert holder["pid"] == os.getpid()
+        assert holder.holder["pid"] == os.getpid()
     # released in `finally`: the next writer gets it
     assert read_lease(tmp_path) is None
     release(tmp_path, acquire(tmp_path, "night-3", timeout_s=3600))

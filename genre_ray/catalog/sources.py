@@ -36,6 +36,8 @@ import ijson
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from genre_ray.errors import CatalogError
+
 Format = Literal["csv", "parquet", "jsonl"]
 
 RAW_MAX_CHARS = 2_000
@@ -52,13 +54,6 @@ _GLOB_CHARS = frozenset("*?[")
 _PEEK_BYTES = 4096
 # elements of a JSON array whose keys make up its header
 _HEADER_SAMPLE = 100
-
-
-class CatalogError(ValueError):
-    """A catalog input that cannot be used as a whole (missing path, unknown format, unusable header).
-
-    A configuration problem, as opposed to a bad row, which becomes a reject and never stops the run.
-    """
 
 
 @dataclass(frozen=True)

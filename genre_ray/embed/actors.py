@@ -8,7 +8,7 @@ lives in `stage`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pyarrow as pa
@@ -16,6 +16,7 @@ import ray
 
 from genre_ray import schema
 from genre_ray.config import EmbedConfig, EncoderConfig
+from genre_ray.embed.tokens import Tokenizer, Tokens
 from genre_ray.encoder import TextEncoder
 
 # torch intra-op scaling flattens out past ~8 threads for a MiniLM-sized model; more cores -> more actors instead.
@@ -79,6 +80,58 @@ def plan_actors(cfg: EmbedConfig, cluster_resources: dict[str, float]) -> ActorP
     return ActorPlan(actors, 0.0, min(float(threads), reservable / actors), threads, "cpu")
 
 
+@dataclass(frozen=True)
+class TokenizerPlan:
+    """The CPU actor pool of the `stage` layout: tokenisation ahead of the encoder actors."""
+
+    num_actors: int
+    num_cpus: float  # per actor
+
+    def describe(self) -> str:
+        return f"{self.num_actors} x tokenizer actor ({self.num_cpus:g} CPU)"
+
+
+def tokenize_in_stage(cfg: EmbedConfig, plan: ActorPlan) -> bool:
+    """auto: its own stage when the encoders have GPUs (their host CPUs would otherwise tokenise in line)."""
+    return cfg.tokenize == "stage" or (cfg.tokenize == "auto" and plan.num_gpus > 0)
+
+
+def plan_tokenizers(plan: ActorPlan, cluster_resources: dict[str, float]) -> tuple[ActorPlan, TokenizerPlan]:
+    """Split the node's CPUs between the encoder actors and a tokenizer pool, leaving one CPU to the read/write
+    tasks as plan_actors does. GPU actors keep their one CPU each and the tokenizers take the rest, one CPU per
+    actor; CPU actors and tokenizers share the reservable CPUs half and half (both then run on every core)."""
+    cpus = float(cluster_resources.get("CPU", 1.0))
+    reservable = cpus - 1.0 if cpus >= 2 else cpus / 2
+    if plan.num_gpus:
+        free = reservable - plan.num_actors * plan.num_cpus
+        if free >= 1.0:
+            return plan, TokenizerPlan(int(free), 1.0)
+    # CPU encoders, or too few CPUs for whole ones: encoders and tokenizers split the reservable CPUs half and half
+    encoders = replace(plan, num_cpus=min(plan.num_cpus, reservable / 2 / plan.num_actors))
+    tokenizers = max(1, int(reservable / 2))
+    return encoders, TokenizerPlan(tokenizers, reservable / 2 / tokenizers)
+
+
+class TokenizeBatch:
+    """The tokenizer stage's map_batches callable: a window of documents -> its token ids, sorted by length."""
+
+    def __init__(self, encoder_cfg: EncoderConfig):
+        from genre_ray.encoder import resolve_model_path
+
+        self.tokenizer = Tokenizer(resolve_model_path(encoder_cfg.model), encoder_cfg.max_length)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        tokens = self.tokenizer(batch["document"].to_pylist())
+        order = tokens.length_order()
+        return pa.table(
+            {
+                "movie_id": batch["movie_id"].take(order),
+                "content_hash": batch["content_hash"].take(order),
+                "tokens": tokens.take(order).to_arrow(),
+            }
+        )
+
+
 class EmbedBatch:
     """The map_batches callable: one model load per actor, then a sorted-by-length encode per window."""
 
@@ -93,13 +146,18 @@ class EmbedBatch:
         if meter is not None:
             ray.get(meter.loaded.remote(time.time() - start, ray.get_runtime_context().get_node_id()))
 
+    def tokens(self, batch: pa.Table) -> Tokens:
+        return self.encoder.tokenize(batch["document"].to_pylist())
+
     def __call__(self, batch: pa.Table) -> pa.Table:
         start = time.time()
-        vectors, stats = self.encoder.encode_with_stats(batch["document"].to_pylist(), self.batch_size)
+        # sorted again even when the tokenizer stage sorted the window: Ray Data may cut windows across its blocks
+        vectors, stats = self.encoder.encode_tokens(self.tokens(batch), self.batch_size)
         if self.meter is not None:
             # Blocking on purpose: the driver reads the totals right after the dataset finishes.
             ray.get(self.meter.add.remote(stats.docs, stats.tokens, stats.padded_tokens, start, time.time()))
-        embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), self.encoder.dim)
+        # pa.array of a contiguous float32 numpy array wraps its buffer: no copy on the way to the fixed-size list
+        embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), self.encoder.dim)
         return pa.table(
             {
                 "movie_id": batch["movie_id"],
@@ -111,12 +169,36 @@ class EmbedBatch:
         )
 
 
+class EmbedTokens(EmbedBatch):
+    """The encoder of the `stage` layout: token windows in (from TokenizeBatch), vectors out; no tokenizer runs."""
+
+    def tokens(self, batch: pa.Table) -> Tokens:
+        return Tokens.from_arrow(batch["tokens"])
+
+
 def embed_dataset(
-    ds: ray.data.Dataset, encoder_cfg: EncoderConfig, embed_cfg: EmbedConfig, plan: ActorPlan, meter: Any | None = None
+    ds: ray.data.Dataset,
+    encoder_cfg: EncoderConfig,
+    embed_cfg: EmbedConfig,
+    plan: ActorPlan,
+    meter: Any | None = None,
+    tokenizers: TokenizerPlan | None = None,
 ) -> ray.data.Dataset:
-    """Documents (movie_id, document, content_hash) -> rows of schema.embeddings_schema, lazily."""
+    """Documents (movie_id, document, content_hash) -> rows of schema.embeddings_schema, lazily. With `tokenizers`,
+    a tokenizer actor pool runs first and the encoder actors receive token ids, not text."""
+    encoder = EmbedBatch
+    if tokenizers is not None:
+        ds = ds.map_batches(
+            TokenizeBatch,
+            fn_constructor_kwargs={"encoder_cfg": encoder_cfg},
+            batch_size=embed_cfg.sort_window,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=tokenizers.num_actors),
+            num_cpus=tokenizers.num_cpus,
+        )
+        encoder = EmbedTokens
     return ds.map_batches(
-        EmbedBatch,
+        encoder,
         fn_constructor_kwargs={
             "encoder_cfg": encoder_cfg,
             "batch_size": embed_cfg.batch_size,

@@ -25,7 +25,7 @@ import ray
 from genre_ray import schema, storage
 from genre_ray.catalog.reader import load_catalog
 from genre_ray.config import Config
-from genre_ray.embed.actors import ActorPlan, embed_dataset, plan_actors
+from genre_ray.embed.actors import ActorPlan, embed_dataset, plan_actors, plan_tokenizers, tokenize_in_stage
 from genre_ray.embed.dataset import embeddings_uri, open_embeddings, stored_embeddings
 from genre_ray.embed.diff import EmbedDiff, plan_diff
 from genre_ray.embed.rebuild import rebuild_notice
@@ -66,13 +66,15 @@ class EmbedStats:
     version: int | None = None  # the Lance version the run left current
     encoder_id: str = ""
     nodes: list[str] = field(default_factory=list)  # Ray nodes whose actors encoded (run.json: where it ran)
+    tokenize: str = "actor"  # where documents were tokenised: "actor", or "stage: <the tokenizer pool>"
 
     def summary(self) -> str:
         plan = self.plan.describe() if self.plan else "no actors"
         return (
             f"embed[{self.mode}]: {self.docs_total} docs, {self.docs_embedded} embedded, {self.docs_reused} reused, "
             f"{self.docs_removed} removed in {self.seconds:.1f}s | {self.docs_per_s:.1f} docs/s, "
-            f"{self.tokens_per_s:.0f} tokens/s, padding {self.padding_fraction:.1%} | {plan}"
+            f"{self.tokens_per_s:.0f} tokens/s, padding {self.padding_fraction:.1%} | {plan} | "
+            f"tokenize: {self.tokenize}"
         )
 
 
@@ -102,6 +104,7 @@ def embed_catalog(cfg: Config, layout: RunLayout) -> EmbedStats:
         return stats
 
     plan = None
+    tokenize = "actor"
     totals: dict[str, Any] = {}
     if n_embed:
         plan = full_plan.limited_to(math.ceil(n_embed / cfg.embed.sort_window))
@@ -109,7 +112,11 @@ def embed_catalog(cfg: Config, layout: RunLayout) -> EmbedStats:
         docs = load_catalog(layout, INPUT_COLUMNS)
         if not full:
             docs = docs.map_batches(_keep_ids, fn_kwargs={"ids": diff.to_embed}, batch_format="pyarrow")
-        vectors = embed_dataset(docs, cfg.encoder, cfg.embed, plan, meter)
+        tokenizers = None
+        if tokenize_in_stage(cfg.embed, plan):
+            plan, tokenizers = plan_tokenizers(plan, ray.cluster_resources())
+            tokenize = f"stage: {tokenizers.describe()}"
+        vectors = embed_dataset(docs, cfg.encoder, cfg.embed, plan, meter, tokenizers)
         if full:
             lance_ray.write_lance(
                 vectors,
@@ -132,6 +139,7 @@ def embed_catalog(cfg: Config, layout: RunLayout) -> EmbedStats:
         stored.delete(sql_in("movie_id", diff.removed.to_pylist()))
     version = open_embeddings(uri).version
     stats = _stats(start, diff, n_embed, n_removed, plan, totals, "full" if full else "incremental", version, enc_id)
+    stats.tokenize = tokenize
     log.info("%s", stats.summary())
     return stats
 

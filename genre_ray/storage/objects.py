@@ -22,14 +22,11 @@ from typing import Any, TypeVar
 
 import pyarrow.fs as pafs
 
+from genre_ray.errors import StorageError
 from genre_ray.storage.options import pyarrow_s3_kwargs
 
 T = TypeVar("T")
 SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az", "abfs": "az", "abfss": "az"}
-
-
-class StorageError(RuntimeError):
-    """A location that cannot be used (missing bucket, denied permission, unreachable endpoint): names the URI."""
 
 
 @dataclass(frozen=True, order=True)

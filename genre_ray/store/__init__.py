@@ -9,9 +9,9 @@ models), `recall` (ANN recall of the served indexes).
 
 from typing import TYPE_CHECKING
 
+from genre_ray.errors import LeaseError, StoreError
 from genre_ray.lazy import lazy_attributes
 from genre_ray.sql import sql_in, sql_str
-from genre_ray.store.errors import LeaseError, StoreError
 from genre_ray.store.lease import writer_lease
 from genre_ray.store.partitions import ivf_pq_params, partition_tables, route, table_name, table_names
 from genre_ray.store.reader import RESULT_COLUMNS, TITLE_KEY, VECTOR, Filters, Publish, Store, View, title_key

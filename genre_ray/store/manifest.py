@@ -21,10 +21,10 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from genre_ray.errors import StoreError
 from genre_ray.layout import atomic_write_text
 from genre_ray.storage import StoragePath
 from genre_ray.storage.records import claim, numbered
-from genre_ray.store.errors import StoreError
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ import logging
 from collections.abc import Iterable
 
 from genre_ray import storage
+from genre_ray.errors import StoreError
 from genre_ray.storage import StoragePath
-from genre_ray.store.errors import StoreError
 
 log = logging.getLogger(__name__)
 

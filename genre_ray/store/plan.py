@@ -26,10 +26,10 @@ import ray
 
 from genre_ray.catalog.reader import read_catalog
 from genre_ray.config import StoreConfig
+from genre_ray.errors import StoreError
 from genre_ray.layout import RunLayout
 from genre_ray.runtime import worker_result
 from genre_ray.schema import CATALOG, METADATA_COLUMNS
-from genre_ray.store.errors import StoreError
 from genre_ray.store.partitions import partition_tables, route
 from genre_ray.store.reader import Store
 

@@ -19,11 +19,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from genre_ray import schema, serving_params, storage
+from genre_ray.errors import StoreError
 from genre_ray.serving_params import ServingParams
 from genre_ray.sql import sql_in, sql_str
 from genre_ray.storage import StoragePath
 from genre_ray.store import manifest as manifests
-from genre_ray.store.errors import StoreError
 
 log = logging.getLogger(__name__)
 

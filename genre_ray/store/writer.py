@@ -32,9 +32,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from genre_ray import storage
+from genre_ray import serving_params, storage
 from genre_ray.config import Config
 from genre_ray.embed.dataset import load_embeddings
+from genre_ray.errors import StoreError
 from genre_ray.layout import RunLayout
 from genre_ray.model import load_classifier
 from genre_ray.runtime import NodeLog, cluster_cpus, in_workers, init_ray
@@ -42,7 +43,7 @@ from genre_ray.spectrum import compute_spectrum
 from genre_ray.sql import sql_in
 from genre_ray.store import maintenance, models
 from genre_ray.store import manifest as manifests
-from genre_ray.store.errors import StoreError
+from genre_ray.store.lease import Lease
 from genre_ray.store.partitions import route, table_name, table_names
 from genre_ray.store.plan import PublishPlan, plan_publish
 from genre_ray.store.reader import TITLE_KEY, Store
@@ -199,11 +200,13 @@ def publish(
     *,
     embeddings: ray.data.Dataset | pa.Table | None = None,
     promote: bool = False,
+    lease: Lease | None = None,
 ) -> PublishResult:
     """Bring the store up to date with the catalog + embeddings + model in `layout`, then switch readers to it.
 
     `embeddings` defaults to the embed stage's output; pass a Dataset/Table to publish other vectors. `promote`:
-    serve model/ even if a rollback pinned the store to an earlier model (a deliberate retrain sets it).
+    serve model/ even if a rollback pinned the store to an earlier model (a deliberate retrain sets it). `lease`:
+    the writer lease the caller holds, checked right before readers are switched (a lost one switches nothing).
     """
     start = time.perf_counter()
     init_ray(cfg.ray)
@@ -232,7 +235,23 @@ def publish(
         plan.unchanged,
         " (full rebuild)" if plan.full else "",
     )
-    if previous is not None and not plan.full and plan.upserted == 0 and plan.deleted == 0 and plan.refreshed == 0:
+    # what evaluate chose for this model (model/serving_params.json), else the config's recommend defaults
+    serving = serving_params.to_manifest(
+        serving_params.read(layout.model_dir, loaded.model_version)
+        or serving_params.ServingParams(
+            popularity_weight=cfg.recommend.popularity_weight, mmr_lambda=cfg.recommend.mmr_lambda, chosen_by="config"
+        )
+    )
+    # new serving parameters alone are a change worth a manifest: evaluate runs after the publish it scores
+    unchanged_serving = previous is not None and previous.get(serving_params.MANIFEST_KEY) == serving
+    if (
+        previous is not None
+        and not plan.full
+        and plan.upserted == 0
+        and plan.deleted == 0
+        and plan.refreshed == 0
+        and unchanged_serving
+    ):
         return PublishResult(
             run_id=previous["run_id"],
             rows_total=store.count(),
@@ -286,8 +305,9 @@ def publish(
         "catch_all": catch_all,
         "tables": tables,
         "stats": {"rows": sum(t["rows"] for t in tables.values()), "max_log_votes": math.log1p(plan.max_votes)},
+        serving_params.MANIFEST_KEY: serving,
     }
-    _commit(store, manifest, previous)
+    _commit(store, manifest, previous, lease)
     maintenance.retain(store, cfg.store.keep_publishes, layout)
     return PublishResult(
         run_id=run_id,
@@ -305,7 +325,9 @@ def publish(
     )
 
 
-def _commit(store: Store, manifest: dict[str, Any], previous: Mapping[str, Any] | None) -> None:
+def _commit(store: Store, manifest: dict[str, Any], previous: Mapping[str, Any] | None, lease: Lease | None) -> None:
+    if lease is not None:
+        lease.check()  # a writer whose lease was taken over must not switch readers to what it wrote
     # switched only if no other writer switched since `previous` was read (the lease makes that the normal case)
     manifests.record(store.dir, manifest, based_on=previous)
 
