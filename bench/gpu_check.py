@@ -102,6 +102,23 @@ def run_steps(steps: list[Step]) -> list[dict[str, Any]]:
     return results
 
 
+def _feed_lines(embed: dict[str, Any]) -> list[str]:
+    """Which side limits: the GPU actor's docs/s (bf16, Ray steady state) beside one CPU process's tokenizer and
+    the share of the actor's steady state its model ran (CUDA events)."""
+    rows = {r["method"]: r for r in embed.get("rows", [])}
+    actor = rows.get("ray pipeline torch, steady state")
+    tokenizer = embed.get("tokenizer_docs_per_s")
+    if actor is None or tokenizer is None:
+        return []
+    busy = (embed.get("model_busy") or {}).get("torch", 0.0)
+    return [
+        f"Encoder actor {actor['docs_per_s']:.0f} docs/s | CPU tokenizer {tokenizer:.0f} docs/s per process | "
+        f"model busy {busy:.0%} of the actor's steady state "
+        f"({'the feed limits' if busy < 0.8 else 'the model limits'})",
+        "",
+    ]
+
+
 def report(out: Path, steps: list[dict[str, Any]], dry_run: bool) -> dict[str, Any]:
     """Collect embed.json and the pipeline's run.json into gpu_check.json + gpu_check.md."""
     embed = json.loads((out / "embed.json").read_text()) if (out / "embed.json").exists() else {}
@@ -114,6 +131,7 @@ def report(out: Path, steps: list[dict[str, Any]], dry_run: bool) -> dict[str, A
         f"GPU check{' (DRY RUN on CPU: not GPU figures)' if dry_run else ''}: {embed.get('gpu') or embed.get('device')}"
         f", {embed.get('docs', '?')} synthetic documents; CPU {(embed.get('machine') or {}).get('cpu', '?')}",
         "",
+        *_feed_lines(embed),
         "| method | docs/s | tokens/s | vs plain loop | note |",
         "| --- | --- | --- | --- | --- |",
     ]

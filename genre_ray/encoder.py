@@ -8,6 +8,7 @@ a batch is padded to its longest member, so grouping similar lengths is what kee
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -132,13 +133,17 @@ class TextEncoder:
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             ids, mask = tokens.padded(rows, self.tokenizer.pad_id)
-            out[rows] = self._encode_ids(ids, mask)
+            out[rows], seconds = self._encode_ids(ids, mask)
             stats.padded_tokens += ids.size
+            stats.model_seconds += seconds
         return out, stats
 
     @torch.inference_mode()
-    def _encode_ids(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def _encode_ids(self, ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, float]:
+        """Vectors of one padded batch, and the seconds the model took (CUDA events on a GPU: device time)."""
         input_ids, attention_mask = torch.from_numpy(ids), torch.from_numpy(mask)
+        started = time.perf_counter()
+        events = None
         if self._ort is not None:
             hidden = self._ort(input_ids, attention_mask)
         else:
@@ -147,7 +152,12 @@ class TextEncoder:
                 # pinned host memory lets the copy run asynchronously with the host's next batch
                 input_ids = input_ids.pin_memory().to(self.device, non_blocking=True)
                 attention_mask = attention_mask.pin_memory().to(self.device, non_blocking=True)
+                events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                events[0].record()
             hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.float()
+            if events is not None:
+                events[1].record()
+        seconds = time.perf_counter() - started
         if self.cfg.pooling == "cls":
             pooled = hidden[:, 0]
         else:
@@ -156,7 +166,10 @@ class TextEncoder:
             pooled = torch.bmm(weights, hidden).squeeze(1) / weights.sum(dim=2).clamp(min=1.0)
         if self.cfg.normalize:
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-        return pooled.cpu().numpy()
+        vectors = pooled.cpu().numpy()  # on a GPU this waits for the batch, so the end event has fired
+        if events is not None:
+            seconds = events[0].elapsed_time(events[1]) / 1000
+        return vectors, seconds
 
 
 def encoder_dim(cfg: EncoderConfig) -> int:

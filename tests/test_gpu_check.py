@@ -56,3 +56,6 @@ def test_dry_run_writes_the_json_and_markdown_table(tmp_path):
     assert "ray pipeline torch, steady state" in methods
     table = (tmp_path / "gpu_check.md").read_text()
     assert "DRY RUN" in table and "| ray pipeline torch, steady state |" in table
+    # which side limits: the encoder actor's rate beside the CPU tokenizer's and the model's busy share
+    assert data["embed"]["tokenizer_docs_per_s"] > 0 and 0 < data["embed"]["model_busy"]["torch"] <= 1
+    assert "Encoder actor" in table and "CPU tokenizer" in table and "model busy" in table

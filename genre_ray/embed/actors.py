@@ -155,7 +155,11 @@ class EmbedBatch:
         vectors, stats = self.encoder.encode_tokens(self.tokens(batch), self.batch_size)
         if self.meter is not None:
             # Blocking on purpose: the driver reads the totals right after the dataset finishes.
-            ray.get(self.meter.add.remote(stats.docs, stats.tokens, stats.padded_tokens, start, time.time()))
+            ray.get(
+                self.meter.add.remote(
+                    stats.docs, stats.tokens, stats.padded_tokens, start, time.time(), stats.model_seconds
+                )
+            )
         # pa.array of a contiguous float32 numpy array wraps its buffer: no copy on the way to the fixed-size list
         embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), self.encoder.dim)
         return pa.table(

@@ -66,6 +66,7 @@ class EmbedStats:
     version: int | None = None  # the Lance version the run left current
     encoder_id: str = ""
     nodes: list[str] = field(default_factory=list)  # Ray nodes whose actors encoded (run.json: where it ran)
+    model_busy: float = 0.0  # share of the encoder actors' steady state spent in the model
     tokenize: str = "actor"  # where documents were tokenised: "actor", or "stage: <the tokenizer pool>"
 
     def summary(self) -> str:
@@ -183,6 +184,7 @@ def _stats(
         tokens=tokens,
         model_load_seconds=float(totals.get("model_load_seconds", 0.0)),
         steady_seconds=float(totals.get("steady_seconds", 0.0)),
+        model_busy=float(totals.get("model_busy", 0.0)),
         mode=mode,
         version=version,
         encoder_id=enc_id,
