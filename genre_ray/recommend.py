@@ -113,21 +113,21 @@ class Recommender:
             raise BadQuery(f"{len(weights)} weights for {len(history)} history items")
         view = view or self.view()
         movies = [self.resolve(h, view) for h in history]
-        vectors = np.stack([_unit(np.asarray(m["vector"], dtype=np.float32)) for m in movies])
+        vectors = unit_rows(np.stack([np.asarray(m["vector"], dtype=np.float32) for m in movies]))
         w = np.asarray(weights if weights is not None else [1.0] * len(movies), dtype=np.float32)
         profile = (w[:, None] * vectors).sum(axis=0)
         if not np.any(profile):
             raise BadQuery("history weights cancel out: the taste profile is the zero vector")
         disliked = [self.resolve(n, view) for n in negative]
         if disliked:
-            against = np.stack([_unit(np.asarray(m["vector"], dtype=np.float32)) for m in disliked]).mean(axis=0)
+            against = unit_rows(np.stack([np.asarray(m["vector"], dtype=np.float32) for m in disliked])).mean(axis=0)
             profile = 2.0 * profile / float(w.sum()) - against
             if not np.any(profile):
                 raise BadQuery("negative movies cancel the history out: the taste profile is the zero vector")
         seen = [m["movie_id"] for m in [*movies, *disliked]]
         filters = Filters(language, year_range, (*seen, *exclude_ids))
         ranking = self._ranking(view, popularity_weight, mmr_lambda, pool_factor)
-        return self._recommend(view, _unit(profile), k, filters, ranking)
+        return self._recommend(view, unit_rows(profile[None])[0], k, filters, ranking)
 
     def _ranking(
         self, view: View, popularity_weight: float | None, mmr_lambda: float | None, pool_factor: int | None
@@ -224,11 +224,6 @@ def mmr(relevance: np.ndarray, unit_vectors: np.ndarray, k: int, lam: float) -> 
         picked.append(best)
         max_sim = np.maximum(max_sim, unit_vectors @ unit_vectors[best])
     return picked
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    n = float(np.linalg.norm(v))
-    return v / n if n > 0 else v
 
 
 def format_spectrum(spectrum: Sequence[tuple[str, float]]) -> str:

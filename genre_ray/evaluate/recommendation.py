@@ -35,6 +35,7 @@ from genre_ray.metrics import (
     novelty,
     paired_difference,
 )
+from genre_ray.ranking import unit_rows
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ def served_rerank(world: World, params: dict[str, Any]) -> ServedRerank:
     return ServedRerank(
         "spectrum",
         world.votes_prior,
-        _unit(world.catalog.spectrum),
+        unit_rows(world.catalog.spectrum),
         params["popularity_weight"],
         params["pool_factor"],
         params["mmr_lambda"],
@@ -264,7 +265,7 @@ def warm(world: World, test: Split, tuned: Tuned, serving: dict[str, Any]) -> tu
         "cf_ease": m.EASE(test, world.n_items, tuned.ease),
     }
     lists: dict[str, ListMethod] = {"served_exact": served_rerank(world, serving["params"])}
-    unit = _unit(world.catalog.spectrum)
+    unit = unit_rows(world.catalog.spectrum)
     for lam in MMR_LAMBDAS:
         lists[f"spectrum_votes_mmr_{lam}"] = m.MMRRerank("spectrum_votes", unit, lam, 4 * world.k, world.k)
     results = score_split(test, cands, scorers, lists, world.k, world.rows)
@@ -437,9 +438,3 @@ def long_tail(world: World, test: Split, results: dict[str, Scored], head_share:
 def _rows_of(scorer: m.Scorer, rows: np.ndarray) -> m.Scorer:
     """A scorer fitted for a whole split, called with positions in the subset of its users at `rows`."""
     return lambda users: scorer(rows[users])
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    from genre_ray.ranking import unit_rows
-
-    return unit_rows(x)

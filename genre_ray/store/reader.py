@@ -53,8 +53,19 @@ def _search_pool() -> ThreadPoolExecutor:
         return _POOL
 
 
+# Any run of whitespace or Unicode space separators (no-break space, em space, ideographic space): RE2's \s alone is
+# ASCII, so a title written with U+00A0 would never match one typed with a plain space.
+_SPACES = r"[\s\p{Z}]+"
+
+
+def title_keys(titles: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """title_key of every title: lower-cased, whitespace collapsed to one space, trimmed. The one definition: the
+    writer applies it to each batch it serves, the reader to the title a query names."""
+    return pc.utf8_trim_whitespace(pc.replace_substring_regex(pc.utf8_lower(titles), _SPACES, " "))
+
+
 def title_key(title: str) -> str:
-    return " ".join(str(title).lower().split())
+    return title_keys(pa.array([str(title)], pa.string()))[0].as_py()
 
 
 @dataclass(frozen=True)

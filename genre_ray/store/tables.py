@@ -24,7 +24,7 @@ from genre_ray.storage import StoragePath
 from genre_ray.store import maintenance
 from genre_ray.store.partitions import ivf_pq_params
 from genre_ray.store.plan import TABLE
-from genre_ray.store.reader import TITLE_KEY, VECTOR, Store
+from genre_ray.store.reader import TITLE_KEY, VECTOR, Store, title_keys
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,7 @@ def served_schema(dim: int) -> pa.Schema:
 
 
 def with_title_key(batch: pa.Table) -> pa.Table:
-    """title_key = the title lower-cased with whitespace collapsed (reader.title_key, vectorised)."""
-    key = pc.utf8_trim_whitespace(pc.replace_substring_regex(pc.utf8_lower(batch["title"]), r"\s+", " "))
+    key = title_keys(batch["title"])
     if TITLE_KEY in batch.column_names:
         return batch.set_column(batch.schema.get_field_index(TITLE_KEY), TITLE_KEY, key)
     return batch.append_column(TITLE_KEY, key)
