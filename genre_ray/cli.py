@@ -107,6 +107,9 @@ def _closing_lines(report: Any) -> list[str]:
     if timed:
         parts = " | ".join(f"{k} {v:.1f}s" for k, v in timed.items())
         lines.append(f"stages: {parts} | total {sum(timed.values()):.1f}s")
+    ingest = report.outputs.get("ingest")
+    if ingest is not None and (warning := ingest.poor_text()):
+        lines.append(f"WARNING {warning}")
     return lines
 
 

@@ -289,3 +289,24 @@ def test_a_catalog_of_empty_files_fails_instead_of_publishing_nothing(ray_sessio
         CatalogUnusable, match=r"catalog: 0 rows in \(.*empty\.csv, .*header\.csv: every file is empty\)"
     ):
         ingest_into(tmp_path / "run", [DATA / "empty.csv", header_only])
+
+
+def test_a_catalog_without_plot_text_is_warned_about(ray_session, tmp_path):
+    # The JSON export has titles, dates, genres and numbers but no overview or tagline: the run succeeds, and says
+    # that its spectrum will be poor, with the counts and the missing fields (the duplicate it rejects is not counted).
+    layout, result = ingest_into(
+        tmp_path / "bare", [DATA / "movies_array.json"], adapter="mapped", columns=ARRAY_COLUMNS
+    )
+    assert (result.rows_ok, result.no_description, result.no_tagline) == (9, 9, 9)
+    warning = result.poor_text()
+    assert warning is not None and "9 of 9 movies have neither an overview nor a tagline" in warning
+    assert "overview missing for 9, tagline for 9" in warning
+    assert f"WARNING {warning}" in result.summary()
+    assert json.loads(layout.accounting.read_text())["no_description"] == 9
+
+    # Half or fewer without either part is an ordinary catalog: no warning.
+    rows = [{"Title": f"Movie {i}", "Plot": "A heist goes wrong." if i % 2 else None} for i in range(4)]
+    src = tmp_path / "half.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    _, half = ingest_into(tmp_path / "half", [src], adapter="mapped", columns={"title": "Title", "overview": "Plot"})
+    assert half.no_description == 2 and half.poor_text() is None and "WARNING" not in half.summary()

@@ -91,6 +91,9 @@ class FileReport:
     no_overview: int = 0
     no_genres: int = 0
     empty_documents: int = 0  # kept rows whose text.parts render nothing: the encoder would see ""
+    no_tagline: int = 0
+    # kept rows with neither overview nor tagline: their document is a title and a few facts (see poor_text)
+    no_description: int = 0
     rejects_by_reason: dict[str, int] = field(default_factory=dict)
     # optional fields left empty because they did not parse (the row is kept): "<column>: <kind>" -> count
     field_warnings_by_reason: dict[str, int] = field(default_factory=dict)
@@ -122,21 +125,39 @@ class IngestResult:
     error: str | None = None
     # catalog.extra_text: what was read from the second source and how many catalog movies it joined
     extra_text: dict[str, Any] | None = None
+    no_tagline: int = 0
+    no_description: int = 0
 
     @property
     def field_warnings(self) -> int:
         return sum(self.field_warnings_by_reason.values())
 
+    def poor_text(self) -> str | None:
+        """A warning when most kept movies have neither overview nor tagline: the run still succeeds, but such
+        documents carry little genre signal and every spectrum comes out near the commonest genres."""
+        if not self.rows_ok or 2 * self.no_description <= self.rows_ok:
+            return None
+        return (
+            f"catalog: {self.no_description} of {self.rows_ok} movies have neither an overview nor a tagline "
+            f"(overview missing for {self.flagged.get('no_overview', 0)}, tagline for {self.no_tagline}): their "
+            "documents are little more than a title, so the genre spectrum will be poor; add overview / tagline "
+            "columns to the catalog (or map them with catalog.columns)"
+        )
+
     def summary(self) -> str:
         flags = ", ".join(f"{n} {name}" for name, n in self.flagged.items())
         return (
-            f"catalog: {self.rows_in} rows in = {self.rows_ok} ok + {self.rows_rejected} rejected "
-            f"(flagged: {flags}; {self.field_warnings} field warning(s) in {self.rows_with_field_warnings} kept "
-            f"row(s); {len(self.per_file)} file(s), {len(self.warnings)} file warning(s))"
-        ) + (
-            f"; extra text joined into {self.extra_text['joined']} movies from {self.extra_text['path']}"
-            if self.extra_text
-            else ""
+            (
+                f"catalog: {self.rows_in} rows in = {self.rows_ok} ok + {self.rows_rejected} rejected "
+                f"(flagged: {flags}; {self.field_warnings} field warning(s) in {self.rows_with_field_warnings} kept "
+                f"row(s); {len(self.per_file)} file(s), {len(self.warnings)} file warning(s))"
+            )
+            + (
+                f"; extra text joined into {self.extra_text['joined']} movies from {self.extra_text['path']}"
+                if self.extra_text
+                else ""
+            )
+            + (f"\n  WARNING {warning}" if (warning := self.poor_text()) else "")
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -247,6 +268,8 @@ def parse_file(
             row["content_hash"] = content_hash(row["document"], enc_id)
             report.empty_documents += not row["document"]
             report.no_overview += row["no_overview"]
+            report.no_tagline += not row.get("tagline")
+            report.no_description += row["no_overview"] and not row.get("tagline")
             report.no_genres += row["no_genres"]
             ok.append(row)
             if len(ok) == _CHUNK_ROWS:
@@ -392,7 +415,7 @@ def _drop_losers(batch: pa.Table, keepers: pa.Table) -> pa.Table:
 
 def _only_losers(batch: pa.Table, keepers: pa.Table) -> pa.Table:
     return batch.filter(_loser_mask(batch, keepers)).select(
-        ["movie_id", "title", "year", "source_file", "source_row", "no_overview", "no_genres", _ORDER]
+        ["movie_id", "title", "year", "source_file", "source_row", "no_overview", "no_genres", "tagline", _ORDER]
     )
 
 
@@ -433,12 +456,14 @@ def _deduplicate(
     losers_ds = ds.map_batches(_only_losers, fn_kwargs={"keepers": keepers}, batch_format="pyarrow")
     losers = pa.concat_tables([b for b in ray.get(losers_ds.to_arrow_refs()) if b.num_rows])
     by_path = {r.path: r for r in reports}
-    for loser in losers.select(["source_file", "no_overview", "no_genres"]).to_pylist():
+    for loser in losers.select(["source_file", "no_overview", "no_genres", "tagline"]).to_pylist():
         rep = by_path[loser["source_file"]]
         rep.rows_ok -= 1
         rep.rows_rejected += 1
         rep.no_overview -= loser["no_overview"]
         rep.no_genres -= loser["no_genres"]
+        rep.no_tagline -= not loser["tagline"]
+        rep.no_description -= loser["no_overview"] and not loser["tagline"]
         key = f"{rep.id_column}: {DUPLICATE_KIND}"
         rep.rejects_by_reason[key] = rep.rejects_by_reason.get(key, 0) + 1
     for loser in losers.select(["source_file", "source_row", "movie_id"]).to_pylist():
@@ -514,6 +539,8 @@ def ingest(cfg: Config, layout: RunLayout) -> IngestResult:
         top = ", ".join(f"{n} x {k}" for k, n in sorted(result.field_warnings_by_reason.items(), key=lambda t: -t[1]))
         log.warning("catalog: rows kept with optional fields left empty (%s); see %s", top, layout.field_warnings)
     log.info(result.summary())
+    if warning := result.poor_text():
+        log.warning(warning)
     if result.error is not None:
         raise CatalogUnusable(f"{result.error}\n  every reject: {layout.rejects}", result)
     return result
@@ -549,7 +576,16 @@ def _merge_parts(parts: list[FileReport]) -> list[FileReport]:
         if rep is None:
             merged[part.path] = part
             continue
-        for name in ("rows_in", "rows_ok", "rows_rejected", "no_overview", "no_genres", "empty_documents"):
+        for name in (
+            "rows_in",
+            "rows_ok",
+            "rows_rejected",
+            "no_overview",
+            "no_genres",
+            "empty_documents",
+            "no_tagline",
+            "no_description",
+        ):
             setattr(rep, name, getattr(rep, name) + getattr(part, name))
         rep.rows_with_field_warnings += part.rows_with_field_warnings
         for mine, theirs in (
@@ -608,4 +644,6 @@ def _account(reports: list[FileReport], warnings: list[str]) -> IngestResult:
         warnings=warnings,
         rows_with_field_warnings=sum(r.rows_with_field_warnings for r in reports),
         field_warnings_by_reason=dict(sorted(warned.items())),
+        no_tagline=sum(r.no_tagline for r in reports),
+        no_description=sum(r.no_description for r in reports),
     )
