@@ -220,7 +220,8 @@ def test_a_vocabulary_that_does_not_fit_the_rows_is_an_error_not_a_silent_zip(re
 
 def test_ranking_defaults_come_from_the_publish_and_arguments_override(rec):
     view = rec.view()
-    assert view.params == ServingParams()
+    # nothing was evaluated for this model: the publish serves the config's recommend defaults, and says so
+    assert view.params == ServingParams(chosen_by="config")
     chosen = ServingParams(popularity_weight=1.0, pool_factor=2, model_version=view.publish.model_version)
     manifest = dict(view.manifest) | {serving_params.MANIFEST_KEY: serving_params.to_manifest(chosen)}
     tuned = View.open(rec.store.db, view.dir, manifest)
