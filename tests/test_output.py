@@ -59,14 +59,33 @@ def test_verbose_shows_everything(tmp_path, capfd, restore_logging):
     assert "chatter" in capfd.readouterr().err
 
 
-def test_closing_lines_are_accounting_then_timings():
-    from types import SimpleNamespace
+def _report(**outputs):
+    from genre_ray.pipeline import RunReport
 
-    report = SimpleNamespace(
+    return RunReport(
+        run_id="r1",
+        workdir="w",
+        stages=["ingest", "embed", "train"],
         ledger={"catalog_in": 10, "catalog_ok": 9, "catalog_rejected": 1, "embedded": 9, "reused": 0}
         | {"removed": 0, "published": 9, "consistent": True},
         results={"ingest": {"seconds": 1.0}, "embed": {"seconds": 2.5}, "train": {"status": "skipped"}},
+        outputs=outputs,
     )
-    rows, stages = _closing_lines(report)
+
+
+def test_closing_lines_are_accounting_then_timings():
+    rows, stages = _closing_lines(_report())
     assert rows.startswith("rows: 10 in = 9 ok + 1 rejected") and "9 published (every ok row served)" in rows
     assert stages == "stages: ingest 1.0s | embed 2.5s | total 3.5s"
+
+
+def test_closing_lines_end_with_the_poor_text_warning():
+    from genre_ray.catalog.stage import IngestResult
+
+    def ingest(no_description: int) -> IngestResult:
+        return IngestResult(10, 9, 1, {"no_overview": no_description}, {}, {}, [], no_description=no_description)
+
+    poor = ingest(6)
+    *_, warning = _closing_lines(_report(ingest=poor))
+    assert warning.startswith("WARNING catalog: 6 of 9 movies have neither an overview nor a tagline")
+    assert len(_closing_lines(_report(ingest=ingest(4)))) == 2
