@@ -31,7 +31,7 @@ from genre_ray.config import Config
 from genre_ray.layout import RunLayout
 from genre_ray.recommend import Recommender
 from genre_ray.store import Store, ivf_pq_params
-from genre_ray.store.manifest import switch
+from genre_ray.store.manifest import record
 from genre_ray.store.tables import served_schema, with_title_key
 
 WORDS = [
@@ -107,7 +107,7 @@ def build(root: Path, rows: int, tables: int, seed: int = 0) -> list[str]:
         "tables": info,
         "stats": {"rows": rows, "max_log_votes": 8.5},
     }
-    switch(root / "store", manifest)
+    record(root / "store", manifest, None)
     return titles
 
 
@@ -119,7 +119,7 @@ def add_scalar_indexes(root: Path) -> None:
         tbl.create_index("movie_id", config=BTree())
         tbl.create_index("title_key", config=BTree())
         manifest["tables"][name]["version"] = tbl.version
-    switch(root / "store", manifest)
+    record(root / "store", manifest)
 
 
 def old_suggestions(store: Store, title: str) -> list[str]:

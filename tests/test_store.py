@@ -45,11 +45,11 @@ def embeddings_for(catalog: pa.Table) -> pa.Table:
     )
 
 
-def save_model(layout: RunLayout, seed: int = 0) -> str:
+def save_model(layout: RunLayout, seed: int = 0, spectrum_dim: int = SPECTRUM_DIM) -> str:
     import torch
 
     torch.manual_seed(seed)
-    spec = ClassifierSpec(input_dim=EMB_DIM, num_genres=len(GENRES), hidden_dims=[32], spectrum_dim=SPECTRUM_DIM)
+    spec = ClassifierSpec(input_dim=EMB_DIM, num_genres=len(GENRES), hidden_dims=[32], spectrum_dim=spectrum_dim)
     return save_classifier(GenreClassifier(spec), spec, GENRES, layout.model_dir)
 
 
@@ -179,16 +179,22 @@ def test_incremental_upsert_delete_and_partition_move(ray_session, tmp_path):
 
 
 def test_new_model_version_reinfers_everything(ray_session, tmp_path):
+    # the retrained model is also narrower: its tables replace the old ones whole, and a rollback gets those back
     catalog = catalog_table(20)
     cfg, layout = make_run(tmp_path, catalog)
     emb = embeddings_for(catalog)
     publish(cfg, layout, run_id="r1", embeddings=emb)
-    new_version = save_model(layout, seed=1)
+    new_version = save_model(layout, seed=1, spectrum_dim=SPECTRUM_DIM // 2)
     result = publish(cfg, layout, run_id="r2", embeddings=emb)
 
     assert result.full_rebuild and result.upserted == 20 and result.model_version == new_version
-    versions = set(Store(layout.store_dir).scan(["model_version"])["model_version"].to_pylist())
-    assert versions == {new_version}
+    s = Store(layout.store_dir)
+    assert s.count() == 20 and set(s.scan(["model_version"])["model_version"].to_pylist()) == {new_version}
+    for tbl in s.open_tables().values():
+        assert tbl.schema.field("vector").type == pa.list_(pa.float32(), SPECTRUM_DIM // 2)
+    s.rollback()
+    for tbl in Store(layout.store_dir).open_tables().values():
+        assert tbl.schema.field("vector").type == pa.list_(pa.float32(), SPECTRUM_DIM)
 
 
 def test_interrupted_run_leaves_readers_on_previous_version(ray_session, tmp_path, monkeypatch):

@@ -364,6 +364,19 @@ def _write(
             # an unpublished run or an older layout, as a new version (earlier versions stay for rollback).
             mode = "overwrite" if table in existing else "create"
             uri = store.dir / f"{table}.lance"
+            if mode == "overwrite" and store.db.open_table(table).schema != served:
+                _replace_schema(uri, served)
             lance_ray.write_lance(part, str(uri), schema=served, mode=mode, storage_options=storage.lance_options(uri))
             changes[table] = TableChange()
     return changes
+
+
+def _replace_schema(uri: Any, served: pa.Schema) -> None:
+    """Commit an empty version with the new schema (a retrained model with another spectrum width).
+
+    lance-ray's overwrite writes its fragments in lance's append mode, which checks them against the table's current
+    schema; after this step they match. No reader sees the empty version: readers open the versions a manifest names,
+    and the older versions stay for a rollback."""
+    import lance
+
+    lance.write_dataset(served.empty_table(), str(uri), mode="overwrite", storage_options=storage.lance_options(uri))
