@@ -70,6 +70,10 @@ class CatalogConfig(Section):
     bytes_per_task: int = Field(64 * 1024 * 1024, gt=0)
     max_overview_chars: int = Field(20_000, gt=0)
     max_title_chars: int = Field(1_000, gt=0)
+    # how rows are parsed: "vectorised" (Arrow kernels, catalog.vectorised: the tmdb layout without date_format),
+    # "reference" (the per-row adapters), "auto" (vectorised where it supports the file's layout, else reference).
+    # Both give the same rows, rejects, warnings and accounting; the vectorised one hands odd records to the other.
+    parser: Literal["auto", "vectorised", "reference"] = "auto"
     # a second metadata source joined by id into the documents (None: the catalog files alone)
     extra_text: ExtraTextConfig | None = None
 

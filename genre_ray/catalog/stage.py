@@ -23,6 +23,7 @@ the rejects and the accounting written for diagnosis, and the previous catalog s
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -41,6 +42,7 @@ from ray.data.aggregate import Count, Min
 from ray.data.context import ShuffleStrategy
 
 from genre_ray import schema, storage
+from genre_ray.catalog import vectorised
 from genre_ray.catalog.adapters import BUILTIN, Adapter, FieldWarning, Limits, RowError, detect, mapped
 from genre_ray.catalog.extra_text import count_joined, join_extra_text
 from genre_ray.catalog.reader import CURRENT
@@ -223,7 +225,11 @@ def _empty_outputs() -> tuple[pa.Table, pa.Table, pa.Table]:
 def parse_file(
     src: SourceFile, cfg: CatalogConfig, text_cfg: TextConfig, enc_id: str
 ) -> tuple[pa.Table, pa.Table, pa.Table, FileReport]:
-    """One file -> (catalog rows + order key, rejects + order key, field warnings, report)."""
+    """One file -> (catalog rows + order key, rejects + order key, field warnings, report).
+
+    catalog.parser picks how rows are parsed: the per-row reference (adapters, text) or the vectorised one, which
+    hands the records it does not reproduce exactly to the same per-row code (`one` below).
+    """
     report = FileReport(path=src.path, format=src.format)
     ok: list[dict[str, Any]] = []
     ok_blocks: list[pa.Table] = []  # rows go to Arrow in chunks: Python dicts of a large file would not fit
@@ -240,7 +246,8 @@ def parse_file(
         build = DocumentBuilder(text_cfg)
         kinds: Counter[str] = Counter()
         warning_kinds: Counter[str] = Counter()
-        for rec in records:
+
+        def one(rec: Record) -> None:
             report.rows_in += 1
             order = (src.index << _ROW_BITS) | rec.row
             if rec.values is None:
@@ -248,7 +255,7 @@ def parse_file(
                 rejects.append(_reject(src, rec, order, None, rec.error or "unparseable record", None))
                 kinds[kind] += 1
                 report.examples.setdefault(kind, f"row {rec.row} {_example(rec.raw)}")
-                continue
+                return
             row_warnings: list[FieldWarning] = []
             try:
                 row = adapter.normalise(rec.values, limits, cfg.strict, row_warnings)
@@ -258,7 +265,7 @@ def parse_file(
                 key = f"{err.column}: {err.kind}" if err.column else err.kind
                 kinds[key] += 1
                 report.examples.setdefault(key, f"row {rec.row} {_example(err.value)}")
-                continue
+                return
             for w in row_warnings:
                 warned.append(_warning(src, rec, row["movie_id"], w))
                 warning_kinds[f"{w.column}: {w.kind}"] += 1
@@ -272,9 +279,23 @@ def parse_file(
             report.no_description += row["no_overview"] and not row.get("tagline")
             report.no_genres += row["no_genres"]
             ok.append(row)
-            if len(ok) == _CHUNK_ROWS:
-                ok_blocks.append(pa.Table.from_pylist(ok, schema=_ORDERED_CATALOG))
+
+        if _vectorised(cfg, adapter, src.path):
+            parser = vectorised.VectorParser(limits, build, enc_id, _ORDERED_CATALOG)
+            while chunk := list(itertools.islice(records, _CHUNK_ROWS)):
+                clean, others = parser.parse_chunk(chunk, src, _ROW_BITS)
+                for i in others:
+                    one(chunk[i])
+                _count_kept(report, clean)
+                block = pa.concat_tables([clean, pa.Table.from_pylist(ok, schema=_ORDERED_CATALOG)])
+                ok_blocks.append(block.sort_by(_ORDER) if ok and clean.num_rows else block)
                 ok.clear()
+        else:
+            for rec in records:
+                one(rec)
+                if len(ok) == _CHUNK_ROWS:
+                    ok_blocks.append(pa.Table.from_pylist(ok, schema=_ORDERED_CATALOG))
+                    ok.clear()
     except CatalogError as err:
         report.error = str(err)
         return (*_empty_outputs(), report)
@@ -288,6 +309,32 @@ def parse_file(
     report.field_warnings_by_reason = dict(warning_kinds)
     warnings = pa.Table.from_pylist(warned, schema=schema.WARNINGS)
     return table, pa.Table.from_pylist(rejects, schema=_ORDERED_REJECTS), warnings, report
+
+
+def _vectorised(cfg: CatalogConfig, adapter: Adapter, path: str) -> bool:
+    """Whether this file is parsed by catalog.vectorised (catalog.parser; auto: wherever it supports the layout)."""
+    if cfg.parser == "reference":
+        return False
+    supported = vectorised.supports(adapter) and cfg.date_format is None
+    if cfg.parser == "vectorised" and not supported:
+        raise CatalogError(
+            f"{path}: catalog.parser=vectorised parses the tmdb layout without catalog.date_format; this file is "
+            f"read by the {adapter.name} adapter{' with a date_format' if cfg.date_format else ''}: set "
+            "catalog.parser to auto or reference"
+        )
+    return supported
+
+
+def _count_kept(report: FileReport, kept: pa.Table) -> None:
+    """The report's counts for rows kept by the vectorised parser (the per-row code counts its own)."""
+    no_overview = kept["no_overview"]
+    no_tagline = kept["tagline"].is_null()
+    report.rows_in += kept.num_rows
+    report.no_overview += pc.sum(no_overview).as_py() or 0
+    report.no_genres += pc.sum(kept["no_genres"]).as_py() or 0
+    report.no_tagline += pc.sum(no_tagline).as_py() or 0
+    report.no_description += pc.sum(pc.and_(no_overview, no_tagline)).as_py() or 0
+    report.empty_documents += pc.sum(pc.equal(pc.utf8_length(kept["document"]), 0)).as_py() or 0
 
 
 def _shown_value(value: Any) -> str | None:
